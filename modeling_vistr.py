@@ -1,0 +1,591 @@
+"""VisTR: End-to-End Video Instance Segmentation with Transformers (Wang et al., CVPR 2021).
+
+A faithful port of the original implementation (a fork of DETR): converted checkpoints give the
+original outputs to float64 round-off. Where the original looped over frames and instances with
+batch size 1 hard-coded, this port runs every frame and instance of every video at once; the
+arithmetic per element is unchanged, so a batch equals its videos run one by one.
+
+Conventions: `pixel_values` [B, T, 3, H, W], `pixel_mask` [B, T, H, W] with 1 = real pixel;
+queries are frame-major (query `t * n + slot`); the same slot across frames is one instance.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, AutoModelForInstanceSegmentation, PreTrainedModel
+from transformers import initialization as init
+from transformers.backbone_utils import load_backbone
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.models.detr.modeling_detr import replace_batch_norm
+from transformers.utils import ModelOutput
+
+try:  # sibling modules of a package: Hub remote code (`trust_remote_code=True`)
+    from .configuration_vistr import VisTRConfig
+    from .deform_conv import DeformConv2d
+except ImportError:  # top-level modules: this project installed with pip
+    from configuration_vistr import VisTRConfig
+    from deform_conv import DeformConv2d
+
+
+@dataclass
+class VisTRModelOutput(ModelOutput):
+    r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, num_queries, d_model)`):
+        Output of the last decoder layer (after the decoder's final layer norm).
+    intermediate_hidden_states (`torch.FloatTensor` of shape `(decoder_layers, batch_size, num_queries, d_model)`):
+        Every decoder layer's output after the shared final layer norm (the original's `hs`).
+    encoder_last_hidden_state (`torch.FloatTensor` of shape `(batch_size, num_frames * h * w, d_model)`):
+        Encoder output (memory), tokens frame-major: `t * h * w + y * w + x`.
+    feature_maps (`tuple[torch.FloatTensor]`):
+        The four backbone levels, each `(batch_size, num_frames, channels, h_k, w_k)`.
+    memory_padding_mask (`torch.BoolTensor` of shape `(batch_size, num_frames, h, w)`):
+        True where the last backbone level is padding.
+    encoder_hidden_states, decoder_hidden_states (`tuple[torch.FloatTensor]`, *optional*):
+        Inputs of every layer plus the final output, when `output_hidden_states=True`.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    intermediate_hidden_states: torch.FloatTensor | None = None
+    encoder_last_hidden_state: torch.FloatTensor | None = None
+    feature_maps: tuple[torch.FloatTensor, ...] | None = None
+    memory_padding_mask: torch.BoolTensor | None = None
+    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class VisTRVideoInstanceSegmentationOutput(ModelOutput):
+    r"""
+    logits (`torch.FloatTensor` of shape `(batch_size, num_frames * num_queries_per_frame, num_labels + 1)`):
+        Class logits including no-object (last), query `t * n + slot`.
+    pred_boxes (`torch.FloatTensor` of shape `(batch_size, num_frames * num_queries_per_frame, 4)`):
+        Boxes `(center_x, center_y, width, height)` normalized by the unpadded frame size.
+    pred_masks (`torch.FloatTensor` of shape `(batch_size, num_frames * num_queries_per_frame, H / 4, W / 4)`):
+        Mask logits at stride 4 of the (padded) input.
+    auxiliary_outputs (`list[dict]`, *optional*):
+        `{"logits", "pred_boxes"}` of every decoder layer but the last, when `config.auxiliary_loss`.
+    last_hidden_state, intermediate_hidden_states, encoder_last_hidden_state, encoder_hidden_states,
+    decoder_hidden_states: see [`VisTRModelOutput`].
+    """
+
+    logits: torch.FloatTensor | None = None
+    pred_boxes: torch.FloatTensor | None = None
+    pred_masks: torch.FloatTensor | None = None
+    auxiliary_outputs: list[dict[str, torch.Tensor]] | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+    intermediate_hidden_states: torch.FloatTensor | None = None
+    encoder_last_hidden_state: torch.FloatTensor | None = None
+    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+def downsample_padding_mask(padding_mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Padding mask [B, T, H, W] -> [B, T, h, w], nearest-neighbour as the original does per level."""
+    return F.interpolate(padding_mask.float(), size=size, mode="nearest").bool()
+
+
+class VisTRConvBackbone(nn.Module):
+    """A timm ResNet (through transformers' backbone API) with frozen batch norm, as in DETR.
+
+    Like the original, the stem and the first stage are not trained.
+    """
+
+    def __init__(self, config: VisTRConfig):
+        super().__init__()
+        backbone = load_backbone(config)
+        with torch.no_grad():
+            replace_batch_norm(backbone)
+        self.channels: list[int] = list(backbone.channels)
+        self.model = backbone._backbone
+        for name, parameter in self.model.named_parameters():
+            if not name.startswith(("layer2", "layer3", "layer4")):
+                parameter.requires_grad_(False)
+
+    def forward(self, frames: torch.Tensor) -> list[torch.Tensor]:
+        return list(self.model(frames))
+
+
+class VisTRSinePositionEmbedding(nn.Module):
+    """3-D sine position encoding over (time, y, x): d_model/3 channels per axis, in that order.
+
+    Computed in float32 whatever the model dtype, then cast, exactly as the original (which does
+    its cumsum and frequencies in float32 even for a float64 model).
+    """
+
+    def __init__(self, d_model: int, temperature: float):
+        super().__init__()
+        self.num_pos_feats = d_model // 3
+        self.temperature = temperature
+
+    def forward(self, padding_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """padding_mask [B, T, h, w] (True = padded) -> [B, T, d_model, h, w]."""
+        not_mask = ~padding_mask
+        eps, scale = 1e-6, 2 * math.pi
+        axes = []
+        for dim in (1, 2, 3):  # time, y, x
+            embed = not_mask.cumsum(dim, dtype=torch.float32)
+            last = embed.narrow(dim, embed.shape[dim] - 1, 1)
+            axes.append(embed / (last + eps) * scale)
+        dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=padding_mask.device)
+        dim_t = self.temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / self.num_pos_feats)
+        encoded = []
+        for embed in axes:
+            pos = embed[..., None] / dim_t
+            encoded.append(torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=5).flatten(4))
+        return torch.cat(encoded, dim=4).permute(0, 1, 4, 2, 3).to(dtype)
+
+
+class VisTRAttention(nn.Module):
+    """Multi-head attention with separate q/k/v projections (the original's packed projection, split)."""
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = d_model // num_heads
+        self.dropout = dropout
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """query [B, Lq, d], key/value [B, Lk, d], key_padding_mask [B, Lk] (True = ignore)."""
+        q, k, v = self._split_heads(self.q_proj(query)), self._split_heads(self.k_proj(key)), self._split_heads(self.v_proj(value))
+        attn_mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out_proj(out.transpose(1, 2).flatten(2))
+
+
+class VisTRFeedForward(nn.Module):
+    def __init__(self, config: VisTRConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.d_model, config.ffn_dim)
+        self.fc2 = nn.Linear(config.ffn_dim, config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+        self.activation = F.relu if config.activation_function == "relu" else F.gelu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.dropout(self.activation(self.fc1(x))))
+
+
+class VisTREncoderLayer(GradientCheckpointingLayer):
+    """DETR encoder layer: position added to queries and keys only; post-norm unless `pre_norm`."""
+
+    def __init__(self, config: VisTRConfig):
+        super().__init__()
+        self.pre_norm = config.pre_norm
+        self.self_attn = VisTRAttention(config.d_model, config.num_attention_heads, config.dropout)
+        self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
+        self.ffn = VisTRFeedForward(config)
+        self.final_layer_norm = nn.LayerNorm(config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, hidden_states: torch.Tensor, position: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+        normed = self.self_attn_layer_norm(hidden_states) if self.pre_norm else hidden_states
+        query_key = normed + position
+        hidden_states = hidden_states + self.dropout(self.self_attn(query_key, query_key, normed, padding_mask))
+        if not self.pre_norm:
+            hidden_states = self.self_attn_layer_norm(hidden_states)
+        normed = self.final_layer_norm(hidden_states) if self.pre_norm else hidden_states
+        hidden_states = hidden_states + self.dropout(self.ffn(normed))
+        return hidden_states if self.pre_norm else self.final_layer_norm(hidden_states)
+
+
+class VisTRDecoderLayer(GradientCheckpointingLayer):
+    """DETR decoder layer: self-attention over queries, cross-attention to the memory, FFN."""
+
+    def __init__(self, config: VisTRConfig):
+        super().__init__()
+        self.pre_norm = config.pre_norm
+        self.self_attn = VisTRAttention(config.d_model, config.num_attention_heads, config.dropout)
+        self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
+        self.encoder_attn = VisTRAttention(config.d_model, config.num_attention_heads, config.dropout)
+        self.encoder_attn_layer_norm = nn.LayerNorm(config.d_model)
+        self.ffn = VisTRFeedForward(config)
+        self.final_layer_norm = nn.LayerNorm(config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def _residual(self, hidden_states: torch.Tensor, norm: nn.LayerNorm, block) -> torch.Tensor:
+        """Apply `block` with the layer's norm placement (pre- or post-norm)."""
+        if self.pre_norm:
+            return hidden_states + self.dropout(block(norm(hidden_states)))
+        return norm(hidden_states + self.dropout(block(hidden_states)))
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        query_position: torch.Tensor,
+        memory: torch.Tensor,
+        memory_position: torch.Tensor,
+        memory_padding_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        def self_attention(x):
+            return self.self_attn(x + query_position, x + query_position, x)
+
+        def cross_attention(x):
+            return self.encoder_attn(x + query_position, memory + memory_position, memory, memory_padding_mask)
+
+        hidden_states = self._residual(hidden_states, self.self_attn_layer_norm, self_attention)
+        hidden_states = self._residual(hidden_states, self.encoder_attn_layer_norm, cross_attention)
+        return self._residual(hidden_states, self.final_layer_norm, self.ffn)
+
+
+class VisTRMLPPredictionHead(nn.Module):
+    """Box regression MLP (d_model -> d_model -> 4), ReLU between layers."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1)
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims, dims[1:] + [output_dim]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
+
+class VisTRPreTrainedModel(PreTrainedModel):
+    config_class = VisTRConfig
+    config: VisTRConfig
+    base_model_prefix = "vistr"
+    main_input_name = "pixel_values"
+    input_modalities = ("video",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = [r"VisTRConvBackbone", r"VisTREncoderLayer", r"VisTRDecoderLayer"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """transformers' defaults, plus the original's special cases for the mask branch."""
+        super()._init_weights(module)
+        if isinstance(module, (VisTREncoderLayer, VisTRDecoderLayer)):
+            for parameter in module.parameters():
+                if parameter.dim() > 1:
+                    init.xavier_uniform_(parameter, gain=self.config.init_xavier_std)
+        elif isinstance(module, VisTRMaskHeadSmallConv):
+            for conv in module.modules():
+                if isinstance(conv, nn.Conv2d):
+                    init.kaiming_uniform_(conv.weight, a=1)
+                    init.zeros_(conv.bias)
+            # zero offsets: the deformable conv starts as a plain 3x3 conv, as in the original
+            init.zeros_(module.conv_offset.weight)
+            init.zeros_(module.conv_offset.bias)
+        elif isinstance(module, VisTRMHAttentionMap):
+            init.xavier_uniform_(module.q_linear.weight, gain=self.config.init_xavier_std)
+            init.xavier_uniform_(module.k_linear.weight, gain=self.config.init_xavier_std)
+            init.zeros_(module.q_linear.bias)
+            init.zeros_(module.k_linear.bias)
+
+
+class VisTREncoder(nn.Module):
+    def __init__(self, config: VisTRConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(VisTREncoderLayer(config) for _ in range(config.encoder_layers))
+        # the original has a final encoder norm only in the pre-norm variant
+        self.layernorm = nn.LayerNorm(config.d_model) if config.pre_norm else None
+
+    def forward(self, tokens, position, padding_mask, output_hidden_states: bool = False):
+        hidden_states = () if output_hidden_states else None
+        for layer in self.layers:
+            if output_hidden_states:
+                hidden_states += (tokens,)
+            tokens = layer(tokens, position, padding_mask)
+        if self.layernorm is not None:
+            tokens = self.layernorm(tokens)
+        if output_hidden_states:
+            hidden_states += (tokens,)
+        return tokens, hidden_states
+
+
+class VisTRDecoder(nn.Module):
+    def __init__(self, config: VisTRConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(VisTRDecoderLayer(config) for _ in range(config.decoder_layers))
+        self.layernorm = nn.LayerNorm(config.d_model)
+
+    def forward(self, query_position, memory, memory_position, memory_padding_mask, output_hidden_states: bool = False):
+        """Returns every layer's output after the shared final norm: [layers, B, Q, d]."""
+        hidden = torch.zeros_like(query_position)
+        intermediate, hidden_states = [], () if output_hidden_states else None
+        for layer in self.layers:
+            if output_hidden_states:
+                hidden_states += (hidden,)
+            hidden = layer(hidden, query_position, memory, memory_position, memory_padding_mask)
+            intermediate.append(self.layernorm(hidden))
+        if output_hidden_states:
+            hidden_states += (intermediate[-1],)
+        return torch.stack(intermediate), hidden_states
+
+
+class VisTRModel(VisTRPreTrainedModel):
+    """Backbone, input projection, 3-D position encoding and the DETR encoder-decoder."""
+
+    # loading the base model from a full segmentation checkpoint drops the heads quietly
+    _keys_to_ignore_on_load_unexpected = [r"^(class_labels_classifier|bbox_predictor|bbox_attention|mask_head|instance_head)\."]
+
+    def __init__(self, config: VisTRConfig):
+        super().__init__(config)
+        self.backbone = VisTRConvBackbone(config)
+        self.input_projection = nn.Conv2d(self.backbone.channels[-1], config.d_model, kernel_size=1)
+        self.position_embedding = VisTRSinePositionEmbedding(config.d_model, config.position_embedding_temperature)
+        self.query_position_embeddings = nn.Embedding(config.num_queries, config.d_model)
+        self.encoder = VisTREncoder(config)
+        self.decoder = VisTRDecoder(config)
+        self.post_init()
+
+    def _check_inputs(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None) -> None:
+        expected_frames, channels = self.config.num_frames, self.config.num_channels
+        if pixel_values.dim() != 5 or pixel_values.shape[1] != expected_frames or pixel_values.shape[2] != channels:
+            raise ValueError(
+                f"pixel_values must have shape [batch, {expected_frames} frames, {channels}, height, width] for this "
+                f"model (config.num_frames={expected_frames}), got {list(pixel_values.shape)}. Cut or repeat frames "
+                "to clips of num_frames (the video processor does this), or convert the checkpoint for another "
+                "frame count."
+            )
+        if pixel_mask is not None and pixel_mask.shape != pixel_values.shape[:2] + pixel_values.shape[3:]:
+            raise ValueError(
+                f"pixel_mask must have shape {list(pixel_values.shape[:2] + pixel_values.shape[3:])} "
+                f"([batch, frames, height, width]), got {list(pixel_mask.shape)}"
+            )
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> VisTRModelOutput | tuple:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_frames, num_channels, height, width)`):
+            Normalized frames, padded to a common size.
+        pixel_mask (`torch.LongTensor` of shape `(batch_size, num_frames, height, width)`, *optional*):
+            1 for real pixels, 0 for padding. All ones when not given.
+        """
+        self._check_inputs(pixel_values, pixel_mask)
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        batch, frames = pixel_values.shape[:2]
+        padding_mask = (
+            torch.zeros((batch, frames) + pixel_values.shape[-2:], dtype=torch.bool, device=pixel_values.device)
+            if pixel_mask is None
+            else ~pixel_mask.bool()
+        )
+        feature_maps = [f.unflatten(0, (batch, frames)) for f in self.backbone(pixel_values.flatten(0, 1))]
+        last_level = feature_maps[-1]
+        memory_padding_mask = downsample_padding_mask(padding_mask, last_level.shape[-2:])
+        position = self.position_embedding(memory_padding_mask, last_level.dtype)
+
+        projected = self.input_projection(last_level.flatten(0, 1)).unflatten(0, (batch, frames))
+        # frame-major tokens: [B, T*h*w, d] with index t*h*w + y*w + x
+        tokens = projected.permute(0, 1, 3, 4, 2).flatten(1, 3)
+        token_position = position.permute(0, 1, 3, 4, 2).flatten(1, 3)
+        token_padding = memory_padding_mask.flatten(1)
+
+        memory, encoder_states = self.encoder(tokens, token_position, token_padding, output_hidden_states)
+        query_position = self.query_position_embeddings.weight.unsqueeze(0).expand(batch, -1, -1)
+        hidden, decoder_states = self.decoder(query_position, memory, token_position, token_padding, output_hidden_states)
+
+        output = VisTRModelOutput(
+            last_hidden_state=hidden[-1],
+            intermediate_hidden_states=hidden,
+            encoder_last_hidden_state=memory,
+            feature_maps=tuple(feature_maps),
+            memory_padding_mask=memory_padding_mask,
+            encoder_hidden_states=encoder_states,
+            decoder_hidden_states=decoder_states,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class VisTRMHAttentionMap(nn.Module):
+    """Attention maps of each query over its frame's memory (no values).
+
+    One softmax over heads x h x w together, as the original: the maps of all heads of a query sum to 1.
+    """
+
+    def __init__(self, d_model: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q_linear = nn.Linear(d_model, d_model)
+        self.k_linear = nn.Linear(d_model, d_model)
+        self.normalize_fact = float(d_model / num_heads) ** -0.5
+
+    def forward(self, queries: torch.Tensor, memory: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+        """queries [F, n, d], memory [F, d, h, w], padding_mask [F, h, w] -> [F, n, heads, h, w]."""
+        q = self.q_linear(queries)
+        k = F.conv2d(memory, self.k_linear.weight[:, :, None, None], self.k_linear.bias)
+        qh = q.view(q.shape[0], q.shape[1], self.num_heads, -1)
+        kh = k.view(k.shape[0], self.num_heads, -1, k.shape[-2], k.shape[-1])
+        weights = torch.einsum("bqnc,bnchw->bqnhw", qh * self.normalize_fact, kh)
+        if padding_mask is not None:
+            weights = weights.masked_fill(padding_mask[:, None, None], float("-inf"))
+        return F.softmax(weights.flatten(2), dim=-1).view_as(weights)
+
+
+class VisTRMaskHeadSmallConv(nn.Module):
+    """Per-frame FPN mask head: memory + attention maps, refined with backbone levels 3..1, ending
+    in a deformable 3x3 conv (DCNv1, no bias). Outputs d_model/16 channels at stride 4."""
+
+    def __init__(self, config: VisTRConfig, fpn_channels: list[int]):
+        super().__init__()
+        d = config.d_model
+        dim = d + config.num_attention_heads
+        widths = [dim, d // 2, d // 4, d // 8, d // 16]
+        self.lay1 = nn.Conv2d(dim, dim, 3, padding=1)
+        self.gn1 = nn.GroupNorm(8, dim)
+        self.lay2 = nn.Conv2d(dim, widths[1], 3, padding=1)
+        self.gn2 = nn.GroupNorm(8, widths[1])
+        self.lay3 = nn.Conv2d(widths[1], widths[2], 3, padding=1)
+        self.gn3 = nn.GroupNorm(8, widths[2])
+        self.lay4 = nn.Conv2d(widths[2], widths[3], 3, padding=1)
+        self.gn4 = nn.GroupNorm(8, widths[3])
+        self.conv_offset = nn.Conv2d(widths[3], 2 * 3 * 3, 1)
+        self.dcn = DeformConv2d(widths[3], widths[4], 3, padding=1, bias=False)
+        self.gn5 = nn.GroupNorm(8, widths[4])
+        # FPN adapters for backbone levels 2, 1, 0 (strides 16, 8, 4)
+        self.adapter1 = nn.Conv2d(fpn_channels[2], widths[1], 1)
+        self.adapter2 = nn.Conv2d(fpn_channels[1], widths[2], 1)
+        self.adapter3 = nn.Conv2d(fpn_channels[0], widths[3], 1)
+
+    @staticmethod
+    def _add_fpn(x: torch.Tensor, adapted: torch.Tensor, slots: int) -> torch.Tensor:
+        """x [F*n, c, h, w] upsampled (nearest) onto the frame's adapted FPN level [F, c, H, W]."""
+        x = F.interpolate(x, size=adapted.shape[-2:], mode="nearest")
+        return (adapted.unsqueeze(1) + x.unflatten(0, (adapted.shape[0], slots))).flatten(0, 1)
+
+    def forward(self, memory: torch.Tensor, attention_maps: torch.Tensor, fpns: list[torch.Tensor]) -> torch.Tensor:
+        """memory [F, d, h, w], attention_maps [F, n, heads, h, w], fpns = levels (0, 1, 2) as [F, C, H, W].
+
+        Returns [F * n, d/16, H0, W0], frame f's slot s at row `f * n + s`.
+        """
+        slots = attention_maps.shape[1]
+        x = torch.cat([memory.repeat_interleave(slots, dim=0), attention_maps.flatten(0, 1)], dim=1)
+        x = F.relu(self.gn1(self.lay1(x)))
+        x = F.relu(self.gn2(self.lay2(x)))
+        x = self._add_fpn(x, self.adapter1(fpns[2]), slots)
+        x = F.relu(self.gn3(self.lay3(x)))
+        x = self._add_fpn(x, self.adapter2(fpns[1]), slots)
+        x = F.relu(self.gn4(self.lay4(x)))
+        x = self._add_fpn(x, self.adapter3(fpns[0]), slots)
+        x = self.dcn(x, self.conv_offset(x))
+        return F.relu(self.gn5(x))
+
+
+class VisTRInstanceHead(nn.Module):
+    """3-D conv head over time for one instance sequence: [N, d/16, T, H, W] -> mask logits [N, 1, T, H, W].
+
+    Group norms normalize over channels and all frames of the instance.
+    """
+
+    def __init__(self, config: VisTRConfig):
+        super().__init__()
+        hidden, groups = config.instance_head_channels, config.instance_head_groups
+        self.conv1 = nn.Conv3d(config.mask_head_channels, hidden, 3, padding=2, dilation=2)
+        self.norm1 = nn.GroupNorm(groups, hidden)
+        self.conv2 = nn.Conv3d(hidden, hidden, 3, padding=2, dilation=2)
+        self.norm2 = nn.GroupNorm(groups, hidden)
+        self.conv3 = nn.Conv3d(hidden, hidden, 3, padding=2, dilation=2)
+        self.norm3 = nn.GroupNorm(groups, hidden)
+        self.out_conv = nn.Conv3d(hidden, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.norm1(self.conv1(x)))
+        x = F.relu(self.norm2(self.conv2(x)))
+        x = F.relu(self.norm3(self.conv3(x)))
+        return self.out_conv(x)
+
+
+class VisTRForVideoInstanceSegmentation(VisTRPreTrainedModel):
+    """VisTR with class, box and mask heads: segments and tracks up to `num_queries_per_frame`
+    instances through a clip of `num_frames` frames."""
+
+    def __init__(self, config: VisTRConfig):
+        super().__init__(config)
+        self.vistr = VisTRModel(config)
+        self.class_labels_classifier = nn.Linear(config.d_model, config.num_labels + 1)
+        self.bbox_predictor = VisTRMLPPredictionHead(config.d_model, config.d_model, 4, num_layers=3)
+        self.bbox_attention = VisTRMHAttentionMap(config.d_model, config.num_attention_heads)
+        self.mask_head = VisTRMaskHeadSmallConv(config, self.vistr.backbone.channels)
+        self.instance_head = VisTRInstanceHead(config)
+        self.post_init()
+
+    def _predict_masks(self, outputs: VisTRModelOutput) -> torch.Tensor:
+        """All frames and instances at once: the original loops over frames, then over slots."""
+        batch, frames = outputs.memory_padding_mask.shape[:2]
+        slots = self.config.num_queries_per_frame
+        h, w = outputs.memory_padding_mask.shape[-2:]
+        flat_frames = batch * frames
+        queries = outputs.last_hidden_state.reshape(flat_frames, slots, -1)
+        memory = outputs.encoder_last_hidden_state.view(batch, frames, h, w, -1).permute(0, 1, 4, 2, 3).flatten(0, 1)
+        padding = outputs.memory_padding_mask.flatten(0, 1)
+        attention_maps = self.bbox_attention(queries, memory, padding)
+        fpns = [level.flatten(0, 1) for level in outputs.feature_maps[:3]]
+        frame_masks = self.mask_head(memory, attention_maps, fpns)  # [B*T*n, c, H, W]
+        # one 3-D sequence per instance: [B*n, c, T, H, W]
+        sequences = frame_masks.unflatten(0, (batch, frames, slots)).permute(0, 2, 3, 1, 4, 5).flatten(0, 1)
+        masks = self.instance_head(sequences)  # [B*n, 1, T, H, W]
+        return masks.view(batch, slots, frames, *masks.shape[-2:]).transpose(1, 2).flatten(1, 2)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> VisTRVideoInstanceSegmentationOutput | tuple:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_frames, num_channels, height, width)`):
+            Normalized frames, padded to a common size.
+        pixel_mask (`torch.LongTensor` of shape `(batch_size, num_frames, height, width)`, *optional*):
+            1 for real pixels, 0 for padding. All ones when not given.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.vistr(pixel_values, pixel_mask, output_hidden_states=output_hidden_states, return_dict=True)
+        logits = self.class_labels_classifier(outputs.intermediate_hidden_states)
+        boxes = self.bbox_predictor(outputs.intermediate_hidden_states).sigmoid()
+        auxiliary_outputs = None
+        if self.config.auxiliary_loss:
+            auxiliary_outputs = [{"logits": c, "pred_boxes": b} for c, b in zip(logits[:-1], boxes[:-1])]
+        result = VisTRVideoInstanceSegmentationOutput(
+            logits=logits[-1],
+            pred_boxes=boxes[-1],
+            pred_masks=self._predict_masks(outputs),
+            auxiliary_outputs=auxiliary_outputs,
+            last_hidden_state=outputs.last_hidden_state,
+            intermediate_hidden_states=outputs.intermediate_hidden_states,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+        )
+        return result if return_dict else result.to_tuple()
+
+
+VisTRModel.register_for_auto_class("AutoModel")
+VisTRForVideoInstanceSegmentation.register_for_auto_class("AutoModelForInstanceSegmentation")
+
+if not __package__:  # imported from our installed modules (not as Hub remote code): register
+    AutoModel.register(VisTRConfig, VisTRModel, exist_ok=True)
+    AutoModelForInstanceSegmentation.register(VisTRConfig, VisTRForVideoInstanceSegmentation, exist_ok=True)
+
+__all__ = [
+    "VisTRForVideoInstanceSegmentation",
+    "VisTRModel",
+    "VisTRModelOutput",
+    "VisTRPreTrainedModel",
+    "VisTRVideoInstanceSegmentationOutput",
+]
