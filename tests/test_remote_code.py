@@ -1,0 +1,84 @@
+"""A converted folder loads through the Auto classes where our modules are NOT importable.
+
+The check runs in a fresh interpreter (`python -I`, empty working directory) whose import system
+refuses our module names, as on a machine that only has the folder (or its Hub copy). It must
+still reproduce the original's float64 outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCRIPT = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+    OURS = {"configuration_vistr", "modeling_vistr", "deform_conv", "convert_checkpoint", "vistr_cli"}
+
+    class RefuseOurModules(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name in OURS:
+                raise ModuleNotFoundError(f"{name} is not installed here")
+
+    sys.meta_path.insert(0, RefuseOurModules())
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForInstanceSegmentation
+
+    folder, parity = sys.argv[1], sys.argv[2]
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    model = AutoModelForInstanceSegmentation.from_pretrained(folder, trust_remote_code=True).eval().double()
+    base = AutoModel.from_pretrained(folder, trust_remote_code=True)
+    inputs = torch.load(f"{parity}/inputs.pt", weights_only=True)
+    reference = torch.load(f"{parity}/outputs_fp64.pt", weights_only=True)["padded_small"]
+    with torch.no_grad():
+        out = model(inputs["padded_small_pixel_values"].double()[None], (~inputs["padded_small_pixel_mask"]).long()[None])
+    print(json.dumps({
+        "config": type(config).__module__ + "." + type(config).__name__,
+        "model": type(model).__module__ + "." + type(model).__name__,
+        "base": type(base).__name__,
+        "ours_imported": sorted(OURS & set(sys.modules)),
+        "logits": (out.logits - reference["pred_logits"]).abs().max().item(),
+        "masks": (out.pred_masks - reference["pred_masks"]).abs().max().item(),
+    }))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def converted_folder(tiny_model, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("converted")
+    tiny_model.save_pretrained(folder)
+    return folder
+
+
+def test_loads_with_trust_remote_code_without_our_modules(converted_folder, parity_dir, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", SCRIPT, str(converted_folder), str(parity_dir)],
+        capture_output=True, text=True, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["config"].startswith("transformers_modules.") and result["config"].endswith(".VisTRConfig")
+    assert result["model"].startswith("transformers_modules.")
+    assert result["model"].endswith(".VisTRForVideoInstanceSegmentation")
+    assert result["base"] == "VisTRModel"
+    assert result["ours_imported"] == []
+    assert result["logits"] <= 1e-9 and result["masks"] <= 1e-9
+
+
+def test_installed_modules_register_with_the_auto_classes(converted_folder):
+    from transformers import AutoConfig, AutoModel, AutoModelForInstanceSegmentation
+
+    from configuration_vistr import VisTRConfig
+    from modeling_vistr import VisTRForVideoInstanceSegmentation, VisTRModel
+
+    assert type(AutoConfig.from_pretrained(converted_folder)) is VisTRConfig
+    assert type(AutoModel.from_pretrained(converted_folder)) is VisTRModel
+    assert type(AutoModelForInstanceSegmentation.from_pretrained(converted_folder)) is VisTRForVideoInstanceSegmentation
