@@ -22,6 +22,7 @@ import torch
 
 from configuration_vistr import VisTRConfig, youtube_vis_2019_id2label
 from modeling_vistr import VisTRForVideoInstanceSegmentation
+from pipeline_vistr import save_model_folder
 
 
 class ConversionError(ValueError):
@@ -328,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="original VisTR .pth file")
-    parser.add_argument("--output", required=True, help="folder to write (model.safetensors, config.json, code)")
+    parser.add_argument("--output", required=True, help="folder to write (weights, configs, processor, code)")
     parser.add_argument("--num-frames", type=int, default=None, help="frames per clip, for files without args")
     parser.add_argument("--dilation", action="store_true", default=None, help="DC5 backbone, for files without args")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
@@ -336,7 +337,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     model = convert(args.checkpoint, num_frames=args.num_frames, dilation=args.dilation)
-    output = write_folder_atomically(args.output, args.overwrite, model.save_pretrained)
+    output = write_folder_atomically(args.output, args.overwrite, lambda folder: save_model_folder(model, folder))
     c = model.config
     print(
         f"Converted {args.checkpoint} -> {output}\n"

@@ -2,14 +2,17 @@
 
     vistr convert --checkpoint vistr_r50.pth --output vistr-r50
     vistr inspect vistr-r50
+    vistr segment video.mp4 --model vistr-r50 --output results.json --overlay overlay.mp4
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import convert_checkpoint
+from video_io import VideoReadError
 
 
 def _inspect(args: argparse.Namespace) -> None:
@@ -33,6 +36,70 @@ def _inspect(args: argparse.Namespace) -> None:
         print(f"  auxiliary_outputs: {len(outputs.auxiliary_outputs)} decoder layers x (logits, pred_boxes)")
 
 
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def _load_for_inference(model_path: str, device: str | None, dtype: str):
+    """Model (eval, on device, in dtype) and its video processor (the default one if the folder has none)."""
+    import torch
+    from transformers import AutoModelForInstanceSegmentation, AutoVideoProcessor
+
+    import modeling_vistr  # noqa: F401  (registers VisTR with the Auto classes)
+    from image_processing_vistr import VisTRVideoProcessor
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModelForInstanceSegmentation.from_pretrained(model_path, dtype=getattr(torch, DTYPES[dtype]))
+    model = model.to(device).eval()
+    try:
+        processor = AutoVideoProcessor.from_pretrained(model_path)
+    except (OSError, ValueError):
+        processor = VisTRVideoProcessor(num_queries_per_frame=model.config.num_queries_per_frame)
+    return model, processor
+
+
+def _segment(args: argparse.Namespace) -> None:
+    """Segment each input, then write the YouTube-VIS results JSON and the overlays (all or nothing)."""
+    import json
+
+    from tqdm.auto import tqdm
+
+    from overlay import overlay_frames
+    from pipeline_vistr import VideoSegmenter
+    from video_io import atomic_path, iter_frames, video_fps, write_video
+
+    model, processor = _load_for_inference(args.model, args.device, args.dtype)
+    segmenter = VideoSegmenter(model, processor, stride=args.stride, mask_threshold=args.mask_threshold)
+    videos = []
+    with tqdm(args.inputs, desc="videos", unit="video") as bar:
+        for source in bar:
+            with tqdm(desc=f"clips of {Path(source).name}", unit="clip", leave=False) as clips:
+                videos.append(segmenter(source, on_clip=clips.update))
+    results = [
+        {"video_id": video_id, "score": inst["score"], "category_id": inst["label"], "segmentations": inst["segmentations"]}
+        for video_id, video in enumerate(videos, start=1)
+        for inst in video["instances"]
+    ]
+    with atomic_path(args.output) as temporary:
+        temporary.write_text(json.dumps(results))
+    for video_id, (source, video) in enumerate(zip(args.inputs, videos), start=1):
+        print(f"video_id {video_id}: {source} ({video['length']} frames, {len(video['instances'])} instances)")
+    print(f"results: {args.output}")
+    for source, video, path in zip(args.inputs, videos, _overlay_paths(args.overlay, args.inputs)):
+        frames = overlay_frames(iter_frames(source), video["instances"], model.config.id2label)
+        write_video(tqdm(frames, total=video["length"], desc=f"overlay {Path(path).name}", leave=False), path, video_fps(source))
+        print(f"overlay: {path}")
+
+
+def _overlay_paths(overlay: str | None, inputs: list[str]) -> list[Path]:
+    """One overlay path per input: `--overlay` itself, or `<stem>-<input name><suffix>` for several inputs."""
+    if overlay is None:
+        return []
+    overlay = Path(overlay)
+    if len(inputs) == 1:
+        return [overlay]
+    return [overlay.with_name(f"{overlay.stem}-{Path(source).stem}{overlay.suffix}") for source in inputs]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vistr", description="VisTR video instance segmentation")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -46,6 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--height", type=int, default=128)
     inspect.add_argument("--width", type=int, default=160)
     inspect.set_defaults(handler=_inspect)
+
+    segment = commands.add_parser("segment", help="segment videos or frame folders; write YouTube-VIS results and overlays")
+    segment.add_argument("inputs", nargs="+", help="video files or folders of frames (video_id = position, from 1)")
+    segment.add_argument("--model", required=True, help="converted or trained model folder, or Hub id")
+    segment.add_argument("--output", required=True, help="results JSON (YouTube-VIS format)")
+    segment.add_argument("--overlay", help="overlay video (.gif, .mp4, ...); with several inputs, one file per input")
+    segment.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    segment.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    segment.add_argument("--stride", type=int, help="frames between clip starts for long videos (default: 3/4 of a clip)")
+    segment.add_argument("--mask-threshold", type=float, default=0.5)
+    segment.set_defaults(handler=_segment)
     return parser
 
 
@@ -53,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)
-    except convert_checkpoint.ConversionError as error:
+    except (convert_checkpoint.ConversionError, VideoReadError) as error:
         sys.exit(f"error: {error}")
 
 
