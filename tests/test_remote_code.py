@@ -15,10 +15,13 @@ import textwrap
 
 import pytest
 
+from pipeline_vistr import save_model_folder
+
 SCRIPT = textwrap.dedent(
     """
     import importlib.abc, json, sys
-    OURS = {"configuration_vistr", "modeling_vistr", "deform_conv", "convert_checkpoint", "vistr_cli"}
+    OURS = {"configuration_vistr", "modeling_vistr", "deform_conv", "image_processing_vistr", "pipeline_vistr",
+            "video_io", "overlay", "convert_checkpoint", "vistr_cli"}
 
     class RefuseOurModules(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
@@ -27,7 +30,7 @@ SCRIPT = textwrap.dedent(
 
     sys.meta_path.insert(0, RefuseOurModules())
     import torch
-    from transformers import AutoConfig, AutoModel, AutoModelForInstanceSegmentation
+    from transformers import AutoConfig, AutoModel, AutoModelForInstanceSegmentation, AutoVideoProcessor, pipeline
 
     folder, parity = sys.argv[1], sys.argv[2]
     config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
@@ -37,7 +40,13 @@ SCRIPT = textwrap.dedent(
     reference = torch.load(f"{parity}/outputs_fp64.pt", weights_only=True)["padded_small"]
     with torch.no_grad():
         out = model(inputs["padded_small_pixel_values"].double()[None], (~inputs["padded_small_pixel_mask"]).long()[None])
+    processor = AutoVideoProcessor.from_pretrained(folder, trust_remote_code=True)
+    segment = pipeline("video-instance-segmentation", model=folder, trust_remote_code=True)
+    instances = segment(inputs["raw_video_uint8"].numpy()[:2])
     print(json.dumps({
+        "processor": type(processor).__name__,
+        "pipeline": type(segment).__name__,
+        "mask_shapes": sorted({tuple(i["masks"].shape) for i in instances}),
         "config": type(config).__module__ + "." + type(config).__name__,
         "model": type(model).__module__ + "." + type(model).__name__,
         "base": type(base).__name__,
@@ -52,7 +61,7 @@ SCRIPT = textwrap.dedent(
 @pytest.fixture(scope="module")
 def converted_folder(tiny_model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("converted")
-    tiny_model.save_pretrained(folder)
+    save_model_folder(tiny_model, folder)
     return folder
 
 
@@ -70,11 +79,13 @@ def test_loads_with_trust_remote_code_without_our_modules(converted_folder, pari
     assert result["model"].endswith(".VisTRForVideoInstanceSegmentation")
     assert result["base"] == "VisTRModel"
     assert result["ours_imported"] == []
+    assert result["processor"] == "VisTRVideoProcessor" and result["pipeline"] == "VideoInstanceSegmentationPipeline"
+    assert result["mask_shapes"] == [[2, 200, 250]]
     assert result["logits"] <= 1e-9 and result["masks"] <= 1e-9
 
 
 def test_installed_modules_register_with_the_auto_classes(converted_folder):
-    from transformers import AutoConfig, AutoModel, AutoModelForInstanceSegmentation
+    from transformers import AutoConfig, AutoModel, AutoModelForInstanceSegmentation, AutoVideoProcessor, pipeline
 
     from configuration_vistr import VisTRConfig
     from modeling_vistr import VisTRForVideoInstanceSegmentation, VisTRModel
