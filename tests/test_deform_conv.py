@@ -1,0 +1,408 @@
+"""deform_conv.py against torchvision.ops.deform_conv2d, the independent reference.
+
+The PyTorch path runs in this process.  The Triton kernels run on CUDA tensors when
+a GPU is present, and on CPU through Triton's interpreter otherwise; the
+interpreter needs TRITON_INTERPRET=1 before triton is first imported (torchvision
+imports it), so test_triton_kernels_in_interpreter re-runs the test_triton_*
+tests of this file in a subprocess with that variable set.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import random
+import subprocess
+import sys
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_deform_conv(name: str = "_deform_conv_under_test"):
+    """Import ../deform_conv.py by path under a private name (no sys.path changes)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "deform_conv.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+dc = _load_deform_conv()
+INTERPRETED = dc._INTERPRETED
+TRITON_DEVICE = "cpu" if INTERPRETED else "cuda" if torch.cuda.is_available() and dc.triton is not None else None
+
+
+@dataclass(frozen=True)
+class Case:
+    n: int = 2
+    c_in: int = 4
+    c_out: int = 6
+    size: tuple[int, int] = (7, 9)
+    kernel: tuple[int, int] = (3, 3)
+    stride: int = 1
+    padding: int = 1
+    dilation: int = 1
+    groups: int = 1
+    offset_groups: int = 1
+    mask: bool = True
+    bias: bool = True
+    offsets: str = "random"  # random | integer | border | far
+
+    def seed(self) -> int:
+        return zlib.crc32(repr(self).encode())
+
+    def out_size(self) -> tuple[int, int]:
+        return tuple(
+            (s + 2 * self.padding - self.dilation * (k - 1) - 1) // self.stride + 1
+            for s, k in zip(self.size, self.kernel)
+        )
+
+
+def _random_case(seed: int) -> Case:
+    rng = random.Random(seed)
+    kernel = rng.choice([1, 3, 5])
+    groups, offset_groups = rng.choice([(1, 1), (2, 1), (1, 2), (2, 3), (3, 2)])
+    c_in = groups * offset_groups * rng.choice([1, 2])
+    while True:
+        case = Case(
+            n=rng.randint(1, 4), c_in=c_in, c_out=groups * rng.randint(1, 3),
+            size=(rng.randint(3, 9), rng.randint(3, 9)), kernel=(kernel, kernel), stride=rng.choice([1, 2]),
+            padding=rng.choice([0, 1, 2]), dilation=rng.choice([1, 2]), groups=groups, offset_groups=offset_groups,
+            mask=rng.random() < 0.5, bias=rng.random() < 0.5,
+            offsets=rng.choice(["random", "integer", "border", "far"]),
+        )
+        if min(case.out_size()) >= 1:
+            return case
+
+
+def _offsets(case: Case, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+    (ho, wo), (kh, kw) = case.out_size(), case.kernel
+    shape = (case.n, case.offset_groups, kh * kw, 2, ho, wo)
+    if case.offsets == "random":
+        return 2 * torch.randn(shape, generator=generator, dtype=dtype)
+    if case.offsets == "integer":
+        return torch.randint(-3, 4, shape, generator=generator).to(dtype)
+    if case.offsets == "far":
+        sign = torch.randint(0, 2, shape, generator=generator).to(dtype) * 2 - 1
+        return sign * (100 + torch.rand(shape, generator=generator, dtype=dtype))
+    # border: land every sample exactly on -1, -0.5, 0, size-1, size-0.5 or size (per axis)
+    rows, cols = (torch.arange(size) * case.stride - case.padding for size in (ho, wo))
+    base_y = rows[None, :, None] + (torch.arange(kh) * case.dilation).repeat_interleave(kw)[:, None, None]
+    base_x = cols[None, None, :] + (torch.arange(kw) * case.dilation).repeat(kh)[:, None, None]
+    offsets = torch.empty(shape, dtype=dtype)
+    for axis, (base, size) in enumerate(((base_y, case.size[0]), (base_x, case.size[1]))):
+        targets = torch.tensor([-1, -0.5, 0, size - 1, size - 0.5, size], dtype=dtype)
+        pick = torch.randint(0, len(targets), (case.n, case.offset_groups, kh * kw, ho, wo), generator=generator)
+        offsets[:, :, :, axis] = targets[pick] - base.to(dtype)
+    return offsets
+
+
+def _inputs(case: Case, dtype: torch.dtype, seed: int, device: str = "cpu") -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    (ho, wo), (kh, kw) = case.out_size(), case.kernel
+    tensors = {
+        "input": torch.randn(case.n, case.c_in, *case.size, generator=generator, dtype=dtype),
+        "offset": _offsets(case, generator, dtype).reshape(case.n, 2 * case.offset_groups * kh * kw, ho, wo),
+        "weight": torch.randn(case.c_out, case.c_in // case.groups, kh, kw, generator=generator, dtype=dtype),
+        "bias": torch.randn(case.c_out, generator=generator, dtype=dtype) if case.bias else None,
+        "mask": (torch.rand(case.n, case.offset_groups * kh * kw, ho, wo, generator=generator, dtype=dtype)
+                 if case.mask else None),
+    }
+    return {k: None if v is None else v.to(device).requires_grad_() for k, v in tensors.items()}
+
+
+def _run(fn, case: Case, tensors: dict, grad_out: torch.Tensor | None) -> dict:
+    """Forward and all gradients; grad_out defaults to a fixed random tensor."""
+    out = fn(tensors["input"], tensors["offset"], tensors["weight"], tensors["bias"],
+             stride=case.stride, padding=case.padding, dilation=case.dilation, mask=tensors["mask"])
+    if grad_out is None:
+        grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype).to(out.device)
+    leaves = {k: v for k, v in tensors.items() if v is not None and v.requires_grad}
+    grads = torch.autograd.grad(out, list(leaves.values()), grad_out)
+    return {"output": out, **{f"grad_{k}": g for k, g in zip(leaves, grads)}}
+
+
+def _on_cpu(tensors: dict, dtype: torch.dtype | None = None) -> dict:
+    """Detached CPU copies (the reference always runs torchvision's CPU kernel)."""
+    return {k: None if v is None else v.detach().to("cpu", dtype or v.dtype).requires_grad_()
+            for k, v in tensors.items()}
+
+
+def _assert_matches_torchvision(fn, case: Case, dtype: torch.dtype, tol: float, seed: int, device: str = "cpu"):
+    tensors = _inputs(case, dtype, seed, device)
+    expected = _run(torchvision.ops.deform_conv2d, case, _on_cpu(tensors), None)
+    actual = _run(fn, case, tensors, None)
+    for name, ref in expected.items():
+        got = actual[name].cpu()
+        assert got.shape == ref.shape and got.dtype == ref.dtype, name
+        scale = ref.abs().max().item() if ref.numel() else 1.0
+        err = (got - ref).abs().max().item() / (scale or 1.0) if ref.numel() else 0.0
+        assert err <= tol, f"{name}: relative error {err:.3g} > {tol:g} for {case}"
+
+
+TORCH_CASES = [_random_case(seed) for seed in range(40)] + [
+    Case(),
+    Case(kernel=(1, 3), padding=0, size=(5, 8)),
+    Case(kernel=(5, 5), padding=2, stride=2, dilation=2, size=(9, 11)),
+    Case(groups=2, offset_groups=2, c_in=4, c_out=4, offsets="integer"),
+    Case(offset_groups=2, c_in=6, offsets="border", mask=False),
+    Case(offsets="far", bias=False),
+    Case(n=0),
+]
+
+
+@pytest.fixture
+def torch_backend(monkeypatch):
+    monkeypatch.setenv(dc._BACKEND_ENV, "torch")
+    return dc.deform_conv2d
+
+
+@pytest.fixture
+def triton_backend(monkeypatch):
+    if TRITON_DEVICE is None:
+        pytest.skip("no GPU: these run through the interpreter in test_triton_kernels_in_interpreter")
+    monkeypatch.setenv(dc._BACKEND_ENV, "triton")
+    return dc.deform_conv2d
+
+
+@pytest.mark.parametrize("case", TORCH_CASES, ids=str)
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_torch_matches_torchvision(torch_backend, case, dtype, tol):
+    _assert_matches_torchvision(torch_backend, case, dtype, tol, seed=case.seed())
+
+
+def test_torch_gradcheck(torch_backend):
+    for case in (Case(n=2, c_in=2, c_out=2, size=(4, 5), kernel=(2, 2), padding=1, stride=2),
+                 Case(n=1, c_in=4, c_out=2, size=(3, 4), kernel=(3, 3), groups=2, offset_groups=2, mask=False)):
+        tensors = _inputs(case, torch.float64, seed=3)
+        names = [k for k, v in tensors.items() if v is not None]
+
+        def fn(*args, case=case, names=names):
+            kw = dict(zip(names, args))
+            return torch_backend(kw["input"], kw["offset"], kw["weight"], kw.get("bias"), case.stride,
+                                 case.padding, case.dilation, kw.get("mask"))
+
+        assert torch.autograd.gradcheck(fn, [tensors[k] for k in names])
+
+
+def test_torch_chunking_bounds_memory_and_is_exact(torch_backend, monkeypatch):
+    case = Case(n=5, offsets="border")
+    expected = _run(torch_backend, case, _inputs(case, torch.float64, seed=5), None)
+    vistr = dc._Geometry((1, 1), (1, 1), (1, 1), (3, 3), (75, 135), groups=1, offset_groups=1)
+    chunks = dc._batch_chunks(torch.empty(360, 48, 75, 135, device="meta"), vistr)
+    assert len(chunks) > 1 and (chunks[0].stop - chunks[0].start) * 48 * 9 * 75 * 135 * 4 <= dc._COLUMN_BUDGET_BYTES
+    monkeypatch.setattr(dc, "_COLUMN_BUDGET_BYTES", 1)  # one sample per chunk
+    actual = _run(torch_backend, case, _inputs(case, torch.float64, seed=5), None)
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-13, atol=1e-13)
+
+
+def _half_precision_errors(fn, case: Case, dtype: torch.dtype, device: str) -> dict:
+    """Relative errors of a run on ``dtype`` inputs against torchvision on the same values in float32."""
+    tensors = _inputs(case, torch.float32, seed=case.seed(), device=device)
+    low = {k: None if v is None else v.detach().to(dtype).requires_grad_() for k, v in tensors.items()}
+    grad_out = torch.randn(case.n, case.c_out, *case.out_size(), generator=torch.Generator().manual_seed(1))
+    expected = _run(torchvision.ops.deform_conv2d, case, _on_cpu(low, torch.float32), grad_out)
+    actual = _run(fn, case, low, grad_out.to(device, dtype))
+    assert all(v.dtype == dtype for v in actual.values())
+    return {k: ((actual[k].cpu().float() - ref).abs().max() / ref.abs().max()).item() for k, ref in expected.items()}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_torch_half_precision_computes_in_float32(torch_backend, dtype):
+    errors = _half_precision_errors(torch_backend, Case(), dtype, "cpu")
+    assert max(errors.values()) <= 1e-2, errors
+
+
+def test_non_contiguous_inputs_are_handled(torch_backend):
+    case = Case(n=2, mask=True)
+    tensors = _inputs(case, torch.float64, seed=11)
+    expected = torch_backend(*(tensors[k] for k in ("input", "offset", "weight", "bias")), 1, 1, 1, tensors["mask"])
+    strided = {k: v.detach().transpose(-1, -2).contiguous().transpose(-1, -2) if v.dim() == 4 else v.detach()
+               for k, v in tensors.items()}
+    assert not strided["input"].is_contiguous()
+    actual = torch_backend(*(strided[k] for k in ("input", "offset", "weight", "bias")), 1, 1, 1, strided["mask"])
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+
+
+def test_empty_batch_returns_empty_output_and_grads(torch_backend):
+    case = Case(n=0, size=(6, 8), stride=2)
+    result = _run(torch_backend, case, _inputs(case, torch.float32, seed=0), None)
+    assert result["output"].shape == (0, case.c_out, *case.out_size())
+    assert result["grad_weight"].abs().max() == 0 and result["grad_bias"].abs().max() == 0
+    assert result["grad_input"].shape == (0, case.c_in, *case.size)
+
+
+def _call(**overrides):
+    case = Case()
+    tensors = {k: v.detach() for k, v in _inputs(case, torch.float32, seed=0).items()}
+    tensors.update(overrides)
+    return dc.deform_conv2d(tensors["input"], tensors["offset"], tensors["weight"], tensors["bias"], 1, 1, 1,
+                            tensors["mask"])
+
+
+@pytest.mark.parametrize("overrides, error, pattern", [
+    (dict(offset=torch.zeros(2, 17, 7, 9)), ValueError, "offset has 17 channels"),
+    (dict(offset=torch.zeros(2, 18, 6, 9)), ValueError, "offset must have shape"),
+    (dict(mask=torch.zeros(2, 8, 7, 9)), ValueError, "mask must have shape"),
+    (dict(weight=torch.zeros(6, 3, 3, 3)), ValueError, "does not fit an input with 4 channels"),
+    (dict(weight=torch.zeros(5, 2, 3, 3)), ValueError, "multiple of groups"),
+    (dict(bias=torch.zeros(5)), ValueError, "bias must have shape"),
+    (dict(offset=torch.zeros(2, 18, 7, 9, dtype=torch.float64)), TypeError, r"offset has dtype .*\.to\("),
+    (dict(input=torch.zeros(2, 4, 7, 9, dtype=torch.int64)), TypeError, "floating-point"),
+    (dict(weight=torch.zeros(6, 4, 3, 3, device="meta")), ValueError, r"weight is on meta .*\.to\(input.device\)"),
+    (dict(input=torch.zeros(4, 7, 9)), ValueError, "input must be 4-D"),
+    (dict(input=torch.zeros(2, 4, 1, 1), weight=torch.zeros(6, 4, 5, 5)), ValueError, "too small"),
+])
+def test_bad_input_raises_a_clear_error(torch_backend, overrides, error, pattern):
+    with pytest.raises(error, match=pattern):
+        _call(**overrides)
+
+
+def test_bad_backend_setting(monkeypatch):
+    monkeypatch.setenv(dc._BACKEND_ENV, "cuda")
+    with pytest.raises(ValueError, match="VISTR_DCN_BACKEND"):
+        _call()
+    if not INTERPRETED and dc.triton is not None:
+        monkeypatch.setenv(dc._BACKEND_ENV, "triton")
+        with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+            _call()
+
+
+def test_module_imports_and_runs_without_triton(monkeypatch):
+    monkeypatch.setitem(sys.modules, "triton", None)  # makes `import triton` raise ImportError
+    monkeypatch.setitem(sys.modules, "triton.language", None)
+    module = _load_deform_conv("_deform_conv_without_triton")
+    assert module.triton is None
+    monkeypatch.setenv(module._BACKEND_ENV, "triton")
+    with pytest.raises(ImportError, match="triton could not be imported"):
+        module.deform_conv2d(torch.zeros(1, 1, 3, 3), torch.zeros(1, 2, 3, 3), torch.zeros(1, 1, 1, 1))
+    monkeypatch.delenv(module._BACKEND_ENV)
+    assert module.deform_conv2d(torch.ones(1, 1, 3, 3), torch.zeros(1, 2, 3, 3), torch.ones(1, 1, 1, 1)).sum() == 9
+
+
+def test_module_parameters_and_forward(torch_backend):
+    layer = dc.DeformConv2d(48, 24, 3, padding=1, bias=False)
+    assert list(layer.state_dict()) == ["weight"] and layer.bias is None
+    assert layer.weight.shape == (24, 48, 3, 3)
+    layer = dc.DeformConv2d(4, 6, (3, 1), stride=2, padding=(1, 0), groups=2, offset_groups=2).double()
+    assert list(layer.state_dict()) == ["weight", "bias"] and layer.weight.shape == (6, 2, 3, 1)
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 4, 7, 5, generator=generator, dtype=torch.float64)
+    offset = torch.randn(2, 12, 4, 3, generator=generator, dtype=torch.float64)
+    mask = torch.rand(2, 6, 4, 3, generator=generator, dtype=torch.float64)
+    expected = torchvision.ops.deform_conv2d(x, offset, layer.weight, layer.bias, 2, (1, 0), mask=mask)
+    torch.testing.assert_close(layer(x, offset, mask), expected, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="offset has 6 channels"):
+        layer(x, offset[:, :6], mask)
+
+
+# ----------------------------------------------------------------------------------- Triton kernels
+
+TRITON_CASES = [
+    Case(),
+    Case(n=3, c_in=6, c_out=4, size=(8, 5), stride=2, padding=2, dilation=2, offset_groups=3, mask=False),
+    Case(n=1, c_in=3, c_out=3, size=(5, 6), kernel=(1, 1), padding=0, groups=3, bias=False),
+    Case(n=2, c_in=4, c_out=4, size=(9, 9), kernel=(5, 5), stride=2, padding=2, groups=2, offsets="integer"),
+    Case(n=2, c_in=6, c_out=4, size=(6, 7), groups=2, offset_groups=3, offsets="border"),
+    Case(n=1, c_in=4, c_out=2, size=(5, 4), offsets="far"),
+    Case(n=4, c_in=2, c_out=20, size=(4, 6), kernel=(3, 1), padding=1, offsets="border", bias=False),
+    # several pixel tiles, channel blocks and output-channel blocks per program
+    Case(n=1, c_in=40, c_out=70, size=(9, 10), offset_groups=2),
+    Case(n=0),
+]
+
+
+@pytest.mark.parametrize("case", TRITON_CASES, ids=str)
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_triton_matches_torchvision(triton_backend, case, dtype, tol):
+    _assert_matches_torchvision(triton_backend, case, dtype, tol, seed=case.seed(), device=TRITON_DEVICE)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_triton_half_precision(triton_backend, dtype):
+    errors = _half_precision_errors(triton_backend, Case(n=2, c_in=16, c_out=16, size=(6, 7)), dtype, TRITON_DEVICE)
+    assert max(errors.values()) <= 3e-2, errors
+
+
+def test_triton_only_requested_gradients(triton_backend):
+    case = Case(n=1, mask=True)
+    tensors = _inputs(case, torch.float32, seed=17, device=TRITON_DEVICE)
+    reference = _on_cpu(tensors)
+    for name in ("input", "weight"):
+        tensors[name].requires_grad_(False)
+        reference[name].requires_grad_(False)
+    expected = _run(torchvision.ops.deform_conv2d, case, reference, None)
+    actual = _run(triton_backend, case, tensors, None)
+    assert set(actual) == set(expected) == {"output", "grad_offset", "grad_bias", "grad_mask"}
+    for name, ref in expected.items():
+        torch.testing.assert_close(actual[name].cpu(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+def test_triton_model_outputs_equal_torch_path(monkeypatch):
+    """A whole VisTR forward gives the same outputs with either DCN path (the model calls deform_conv itself)."""
+    if TRITON_DEVICE is None:
+        pytest.skip("no GPU: these run through the interpreter in test_triton_kernels_in_interpreter")
+    from configuration_vistr import VisTRConfig
+    from modeling_vistr import VisTRForVideoInstanceSegmentation
+
+    torch.manual_seed(0)
+    config = VisTRConfig(backbone="resnet18", num_frames=2, encoder_layers=1, decoder_layers=1, ffn_dim=64)
+    model = VisTRForVideoInstanceSegmentation(config).eval().to(TRITON_DEVICE)
+    torch.nn.init.normal_(model.mask_head.conv_offset.weight, std=0.5)  # zero offsets would hide the sampling
+    clip = torch.randn(1, 2, 3, 64, 96, device=TRITON_DEVICE)
+    outputs = {}
+    for backend in ("torch", "triton"):
+        monkeypatch.setenv(dc._BACKEND_ENV, backend)
+        with torch.no_grad():
+            outputs[backend] = model(pixel_values=clip).pred_masks.cpu()
+    scale = outputs["torch"].abs().max().item()
+    torch.testing.assert_close(outputs["triton"], outputs["torch"], rtol=1e-5, atol=1e-5 * scale)
+
+
+@pytest.mark.skipif(INTERPRETED or dc.triton is None, reason="needs compiled (not interpreted) Triton kernels")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernels_compile_for_sm90(dtype):
+    """Compile every kernel for an H100 without a GPU: catches what only the compiler rejects."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    case = Case(n=2, c_in=48, c_out=24, size=(15, 27))
+    tensors = _inputs(case, dtype, seed=0, device="meta")
+    geo = dc._geometry(*(tensors[k] for k in ("input", "offset", "weight", "bias", "mask")), 1, 1, 1)
+    constants = dict(dc._launch_config(tensors["input"], tensors["weight"], geo).constants)
+    options = {"num_warps": constants.pop("num_warps"), "num_stages": constants.pop("num_stages")}
+    element = "*" + {torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype]
+    kernels = [
+        (dc._forward_kernel, {}, dict(HAS_MASK=True, HAS_BIAS=True)),
+        (dc._backward_data_kernel, {"gx_ptr": "*fp32"}, dict(HAS_MASK=True, NEED_GX=True)),
+        (dc._backward_weight_kernel, {"partial_ptr": "*fp32"}, dict(HAS_MASK=False)),
+        (dc._backward_bias_kernel, {"partial_ptr": "*fp32"}, dict(ACC=constants["ACC"], BLOCK_L=256)),
+    ]
+    for kernel, pointers, extra in kernels:
+        names = kernel.arg_names
+        kernel_constants = {k: v for k, v in {**constants, "BLOCK_L": 64, **extra}.items() if k in names}
+        signature = {name: "constexpr" if name in kernel_constants else
+                     pointers.get(name, element if name.endswith("_ptr") else "i32") for name in names}
+        source = ASTSource(kernel, signature, kernel_constants)
+        compiled = dc.triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+        assert compiled.asm["cubin"], kernel.__name__
+
+
+@pytest.mark.skipif(INTERPRETED, reason="already running inside the interpreter subprocess")
+@pytest.mark.skipif(dc.triton is None, reason="triton is not importable")
+def test_triton_kernels_in_interpreter():
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    env.pop(dc._BACKEND_ENV, None)
+    command = [sys.executable, "-m", "pytest", __file__, "-q", "-k", "test_triton_ and not in_interpreter",
+               "-p", "no:cacheprovider"]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and " passed" in result.stdout, result.stdout[-6000:] + result.stderr[-3000:]
+    assert "skipped" not in result.stdout, result.stdout[-3000:]
