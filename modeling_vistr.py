@@ -27,9 +27,11 @@ from transformers.utils import ModelOutput
 try:  # sibling modules of a package: Hub remote code (`trust_remote_code=True`)
     from .configuration_vistr import VisTRConfig
     from .deform_conv import DeformConv2d
+    from .loss_vistr import LossSettings, vistr_loss
 except ImportError:  # top-level modules: this project installed with pip
     from configuration_vistr import VisTRConfig
     from deform_conv import DeformConv2d
+    from loss_vistr import LossSettings, vistr_loss
 
 
 @dataclass
@@ -61,6 +63,11 @@ class VisTRModelOutput(ModelOutput):
 @dataclass
 class VisTRVideoInstanceSegmentationOutput(ModelOutput):
     r"""
+    loss (`torch.FloatTensor` of shape `()`, *optional*):
+        Weighted total of the matching losses, when `labels` are given.
+    loss_dict (`dict[str, torch.FloatTensor]`, *optional*):
+        Every loss term under the original's names (`loss_ce`, `loss_bbox`, `loss_giou`, `loss_mask`,
+        `loss_dice`, `loss_ce_0`, ...) plus the logged `class_error` and `cardinality_error*`.
     logits (`torch.FloatTensor` of shape `(batch_size, num_frames * num_queries_per_frame, num_labels + 1)`):
         Class logits including no-object (last), query `t * n + slot`.
     pred_boxes (`torch.FloatTensor` of shape `(batch_size, num_frames * num_queries_per_frame, 4)`):
@@ -73,6 +80,8 @@ class VisTRVideoInstanceSegmentationOutput(ModelOutput):
     decoder_hidden_states: see [`VisTRModelOutput`].
     """
 
+    loss: torch.FloatTensor | None = None
+    loss_dict: dict[str, torch.FloatTensor] | None = None
     logits: torch.FloatTensor | None = None
     pred_boxes: torch.FloatTensor | None = None
     pred_masks: torch.FloatTensor | None = None
@@ -544,6 +553,7 @@ class VisTRForVideoInstanceSegmentation(VisTRPreTrainedModel):
         self,
         pixel_values: torch.Tensor,
         pixel_mask: torch.Tensor | None = None,
+        labels: list[dict[str, torch.Tensor]] | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
@@ -553,6 +563,10 @@ class VisTRForVideoInstanceSegmentation(VisTRPreTrainedModel):
             Normalized frames, padded to a common size.
         pixel_mask (`torch.LongTensor` of shape `(batch_size, num_frames, height, width)`, *optional*):
             1 for real pixels, 0 for padding. All ones when not given.
+        labels (`list[dict]`, *optional*):
+            One dict per video for training: `class_labels` `[N]`, `boxes` `[N, T, 4]` (normalized cx, cy,
+            w, h), `masks` `[N, T, H, W]` at the padded input size, `valid` `[N, T]` (False where the
+            instance is absent). See `loss_vistr.py`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.vistr(pixel_values, pixel_mask, output_hidden_states=output_hidden_states, return_dict=True)
@@ -561,10 +575,18 @@ class VisTRForVideoInstanceSegmentation(VisTRPreTrainedModel):
         auxiliary_outputs = None
         if self.config.auxiliary_loss:
             auxiliary_outputs = [{"logits": c, "pred_boxes": b} for c, b in zip(logits[:-1], boxes[:-1])]
+        pred_masks = self._predict_masks(outputs)
+        loss = loss_dict = None
+        if labels is not None:
+            loss, loss_dict = vistr_loss(
+                logits[-1], boxes[-1], pred_masks, auxiliary_outputs, labels, LossSettings.from_config(self.config)
+            )
         result = VisTRVideoInstanceSegmentationOutput(
+            loss=loss,
+            loss_dict=loss_dict,
             logits=logits[-1],
             pred_boxes=boxes[-1],
-            pred_masks=self._predict_masks(outputs),
+            pred_masks=pred_masks,
             auxiliary_outputs=auxiliary_outputs,
             last_hidden_state=outputs.last_hidden_state,
             intermediate_hidden_states=outputs.intermediate_hidden_states,
