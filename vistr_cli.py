@@ -3,6 +3,8 @@
     vistr convert --checkpoint vistr_r50.pth --output vistr-r50
     vistr inspect vistr-r50
     vistr segment video.mp4 --model vistr-r50 --output results.json --overlay overlay.mp4
+    vistr make-synthetic synthetic-vis --videos 200 --seed 0
+    vistr evaluate --annotations valid.json --results results.json
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import sys
 from pathlib import Path
 
 import convert_checkpoint
+import evaluation_youtube_vis
+import youtube_vis
 from video_io import VideoReadError
 
 
@@ -124,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--stride", type=int, help="frames between clip starts for long videos (default: 3/4 of a clip)")
     segment.add_argument("--mask-threshold", type=float, default=0.5)
     segment.set_defaults(handler=_segment)
+
+    synthetic = commands.add_parser("make-synthetic", help="write a synthetic YouTube-VIS folder (frames + annotations)")
+    youtube_vis.add_arguments(synthetic)
+    synthetic.set_defaults(handler=youtube_vis.run)
+
+    evaluate = commands.add_parser("evaluate", help="score YouTube-VIS results as the official evaluator does")
+    evaluation_youtube_vis.add_arguments(evaluate)
+    evaluate.set_defaults(handler=evaluation_youtube_vis.run)
     return parser
 
 
@@ -131,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)
-    except (convert_checkpoint.ConversionError, VideoReadError) as error:
+    except (convert_checkpoint.ConversionError, VideoReadError, youtube_vis.YouTubeVISError) as error:
         sys.exit(f"error: {error}")
 
 

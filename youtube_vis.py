@@ -1,0 +1,711 @@
+"""YouTube-VIS data: read the annotation format, load a local copy as a `datasets.Dataset`, make a synthetic one.
+
+The original reads YouTube-VIS through a git-installed fork of cocoapi and hard-codes the 40 classes of
+2019. Here the annotation JSON (YouTube-VIS 2019, 2021, OVIS, or a user's own categories) is the only
+source of categories, and a folder in the YouTube-VIS layout
+
+    ROOT/JPEGImages/<video>/<frame>.jpg
+    ROOT/annotations.json          (or any path given as `annotation_file`)
+
+becomes one dataset row per video, its frames decoded only when a row is read:
+
+    dataset = load_youtube_vis("ROOT")
+    splits = split_by_video_id(dataset, validation_fraction=0.1, seed=0)
+    save_parquet(dataset, "ytvis.parquet")                    # frames embedded, so the file stands alone
+    datasets.load_dataset("parquet", data_files="ytvis.parquet", split="train")   # same features back
+
+`make_synthetic` (the `vistr make-synthetic` command) writes such a folder of textured moving shapes,
+for tests, the demo and small training runs:
+
+    vistr make-synthetic OUT --videos 200 --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import pyarrow.parquet as pq
+from datasets.table import embed_table_storage
+from PIL import Image as PILImage
+from pycocotools import mask as mask_utils
+from tqdm.auto import tqdm
+
+
+class YouTubeVISError(ValueError):
+    """Input or options that cannot be used; the message says which and why."""
+
+
+class AnnotationError(YouTubeVISError):
+    """An annotation file that does not follow the YouTube-VIS format; the message names the entry."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The annotation format
+# ----------------------------------------------------------------------------------------------------------
+
+# Fields each record must have for loading a dataset; the evaluator needs fewer (see its module).
+LOADER_VIDEO_FIELDS = ("id", "width", "height", "file_names")
+LOADER_ANNOTATION_FIELDS = ("id", "video_id", "category_id", "segmentations", "areas", "bboxes", "iscrowd")
+LOADER_CATEGORY_FIELDS = ("id", "name")
+_LIST_FIELDS = frozenset({"file_names", "segmentations", "areas", "bboxes"})
+
+
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """Parse a JSON file, turning a missing or malformed file into an error that names it and its role."""
+    path = Path(path)
+    if not path.is_file():
+        raise YouTubeVISError(f"{what} {path} does not exist")
+    try:
+        with path.open("rb") as file:
+            return json.load(file)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise YouTubeVISError(f"{what} {path} is not valid JSON: {error}") from None
+
+
+def check_annotation_fields(
+    data: Any,
+    *,
+    video_fields: Iterable[str],
+    annotation_fields: Iterable[str],
+    category_fields: Iterable[str],
+    require_annotations: bool,
+) -> None:
+    """Fail on the first video, annotation or category record that lacks a field its user reads.
+
+    Checked up front so that a bad file stops with the record's name instead of a KeyError deep in a loop.
+    A test split (no ground truth) may have no "annotations" unless `require_annotations`.
+    """
+    if not isinstance(data, dict):
+        raise AnnotationError(f"the annotation file must hold a JSON object, not {type(data).__name__}")
+    sections = [("videos", "video", video_fields), ("categories", "category", category_fields)]
+    if require_annotations or data.get("annotations") is not None:
+        sections.append(("annotations", "annotation", annotation_fields))
+    for section, kind, fields in sections:
+        records = data.get(section)
+        if not isinstance(records, list):
+            raise AnnotationError(f'the annotation file has no "{section}" list')
+        for index, record in enumerate(records):
+            _check_record(record, index, kind, fields)
+
+
+def _check_record(record: Any, index: int, kind: str, fields: Iterable[str]) -> None:
+    if not isinstance(record, dict):
+        raise AnnotationError(f"{kind} #{index} is not a JSON object")
+    name = f"{kind} {record['id']}" if "id" in record else f"{kind} #{index}"
+    if kind == "annotation" and "video_id" in record:
+        name += f" (video {record['video_id']})"
+    for field in fields:
+        if field not in record:
+            raise AnnotationError(f'{name} has no "{field}" field')
+        if field in _LIST_FIELDS and not isinstance(record[field], list):
+            raise AnnotationError(f'{name}: "{field}" must be a list, not {type(record[field]).__name__}')
+
+
+# pycocotools 2.0.11 under numpy 2 raises OverflowError ("... out of bounds for uint8") from `area` when given
+# more than 255 masks in one call, so areas are taken in batches no larger than that.
+_AREA_BATCH = 255
+
+
+def rle_areas(rles: Sequence[Mapping]) -> np.ndarray:
+    """Pixel counts [N] (int64) of compressed RLE masks, as `pycocotools.mask.area` gives them, for any N."""
+    batches = [mask_utils.area(list(rles[start : start + _AREA_BATCH])) for start in range(0, len(rles), _AREA_BATCH)]
+    return np.concatenate(batches).astype(np.int64) if batches else np.zeros(0, dtype=np.int64)
+
+
+def compress_rle(rle: Mapping) -> dict:
+    """An RLE dict with string counts: uncompressed RLE (a list of counts, as in YouTube-VIS 2019 train) is
+    re-encoded losslessly; compressed RLE is returned with bytes counts turned to text."""
+    if isinstance(rle["counts"], list):
+        height, width = rle["size"]
+        rle = mask_utils.frPyObjects(dict(rle), height, width)
+    counts = rle["counts"]
+    counts = counts.decode() if isinstance(counts, bytes) else counts
+    return {"size": [int(side) for side in rle["size"]], "counts": counts}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading a local copy as a datasets.Dataset
+# ----------------------------------------------------------------------------------------------------------
+
+
+def youtube_vis_features(category_names: Sequence[str]) -> datasets.Features:
+    """The dataset schema: one row per video, its frames as lazily decoded images, its instances as tracks.
+
+    A frame's segmentation is null where the instance is not visible, else either RLE (`counts` + `size`)
+    or `polygons` (flat x, y lists), as in the source file, so nothing is lost or re-rasterized. `label`
+    indexes `category_names` (the file's categories ordered by id); `category_id` keeps the file's own id
+    for writing results.
+    """
+    segmentation = {
+        "counts": datasets.Value("string"),
+        "size": datasets.List(datasets.Value("int32"), length=2),
+        "polygons": datasets.List(datasets.List(datasets.Value("float64"))),
+    }
+    instance = {
+        "id": datasets.Value("int64"),
+        "category_id": datasets.Value("int64"),
+        "label": datasets.ClassLabel(names=list(category_names)),
+        "iscrowd": datasets.Value("int8"),
+        "segmentations": datasets.List(segmentation),
+        "bboxes": datasets.List(datasets.List(datasets.Value("float64"), length=4)),
+        "areas": datasets.List(datasets.Value("float64")),
+    }
+    return datasets.Features(
+        {
+            "video_id": datasets.Value("int64"),
+            "width": datasets.Value("int32"),
+            "height": datasets.Value("int32"),
+            "length": datasets.Value("int32"),
+            "file_names": datasets.List(datasets.Value("string")),
+            "frames": datasets.List(datasets.Image()),
+            "instances": datasets.List(instance),
+        }
+    )
+
+
+def load_youtube_vis(
+    root: str | os.PathLike,
+    annotation_file: str | os.PathLike | None = None,
+    *,
+    image_dir: str | os.PathLike | None = None,
+) -> datasets.Dataset:
+    """Read a YouTube-VIS-layout folder into a `datasets.Dataset` (schema: `youtube_vis_features`).
+
+    `annotation_file` defaults to ROOT/annotations.json and `image_dir` to ROOT/JPEGImages (the folder that
+    the videos' `file_names` are relative to). Every frame file is checked to exist now, so a missing one
+    is reported with its video instead of failing mid-training; pixels are decoded only when read.
+    """
+    root = Path(root)
+    annotation_path = Path(annotation_file) if annotation_file is not None else root / "annotations.json"
+    image_root = Path(image_dir) if image_dir is not None else root / "JPEGImages"
+    data = read_json(annotation_path, "annotation file")
+    check_annotation_fields(
+        data,
+        video_fields=LOADER_VIDEO_FIELDS,
+        annotation_fields=LOADER_ANNOTATION_FIELDS,
+        category_fields=LOADER_CATEGORY_FIELDS,
+        require_annotations=False,
+    )
+    categories = _categories_by_id(data["categories"])
+    instances_by_video = _group_annotations(data.get("annotations") or [], data["videos"])
+    label_of = {category_id: label for label, category_id in enumerate(categories)}
+    rows = [
+        _video_row(video, instances_by_video[video["id"]], label_of, image_root)
+        for video in tqdm(data["videos"], desc="videos", unit="video", disable=len(data["videos"]) < 1000)
+    ]
+    return datasets.Dataset.from_list(rows, features=youtube_vis_features(list(categories.values())))
+
+
+def _categories_by_id(records: list[dict]) -> dict[int, str]:
+    """Category id -> name in id order, refusing duplicates (a label must mean one thing)."""
+    names: dict[int, str] = {}
+    for record in sorted(records, key=lambda record: record["id"]):
+        if record["id"] in names:
+            raise AnnotationError(f"category id {record['id']} appears twice")
+        if record["name"] in names.values():
+            raise AnnotationError(f'category name "{record["name"]}" appears twice')
+        names[record["id"]] = record["name"]
+    return names
+
+
+def _group_annotations(annotations: list[dict], videos: list[dict]) -> dict[int, list[dict]]:
+    by_video: dict[int, list[dict]] = {video["id"]: [] for video in videos}
+    if len(by_video) != len(videos):
+        raise AnnotationError("two videos share an id")
+    for annotation in annotations:
+        if annotation["video_id"] not in by_video:
+            name = f"annotation {annotation['id']}"
+            raise AnnotationError(f"{name} is for video {annotation['video_id']}, which is not listed")
+        by_video[annotation["video_id"]].append(annotation)
+    return by_video
+
+
+def _video_row(video: dict, annotations: list[dict], label_of: Mapping[int, int], image_root: Path) -> dict:
+    length = len(video["file_names"])
+    if video.get("length", length) != length:
+        raise AnnotationError(f"video {video['id']} has length {video['length']} but {length} file_names")
+    frames = [image_root / name for name in video["file_names"]]
+    missing = next((frame for frame in frames if not frame.is_file()), None)
+    if missing is not None:
+        raise AnnotationError(f"video {video['id']}: frame file {missing} does not exist")
+    return {
+        "video_id": video["id"],
+        "width": video["width"],
+        "height": video["height"],
+        "length": length,
+        "file_names": video["file_names"],
+        "frames": [str(frame) for frame in frames],
+        "instances": [_instance(annotation, video, label_of) for annotation in annotations],
+    }
+
+
+def _instance(annotation: dict, video: dict, label_of: Mapping[int, int]) -> dict:
+    name = f"annotation {annotation['id']} (video {video['id']})"
+    if annotation["category_id"] not in label_of:
+        raise AnnotationError(f"{name} has category {annotation['category_id']}, which is not listed")
+    length = len(video["file_names"])
+    for field in ("segmentations", "areas", "bboxes"):
+        if len(annotation[field]) != length:
+            raise AnnotationError(f'{name} has {len(annotation[field])} "{field}" for a video of {length} frames')
+    return {
+        "id": annotation["id"],
+        "category_id": annotation["category_id"],
+        "label": label_of[annotation["category_id"]],
+        "iscrowd": int(annotation["iscrowd"]),
+        "segmentations": [
+            _frame_segmentation(segmentation, video, f"{name}, frame {frame}")
+            for frame, segmentation in enumerate(annotation["segmentations"])
+        ],
+        "bboxes": annotation["bboxes"],
+        "areas": annotation["areas"],
+    }
+
+
+def _frame_segmentation(segmentation: Any, video: dict, name: str) -> dict | None:
+    """One frame's segmentation in the schema's form; falsy (None, []) means not visible, as in the official API."""
+    if not segmentation:
+        return None
+    if isinstance(segmentation, list):
+        if not all(isinstance(part, list) and len(part) >= 6 and len(part) % 2 == 0 for part in segmentation):
+            raise AnnotationError(f"{name}: a polygon must be a flat list of at least 3 x, y pairs")
+        return {"counts": None, "size": None, "polygons": segmentation}
+    if not (isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation):
+        raise AnnotationError(f"{name}: a segmentation must be RLE (counts, size), polygons or null")
+    if list(segmentation["size"]) != [video["height"], video["width"]]:
+        raise AnnotationError(
+            f"{name}: RLE size {segmentation['size']} is not the video's [height, width] "
+            f"[{video['height']}, {video['width']}]"
+        )
+    return {**compress_rle(segmentation), "polygons": None}
+
+
+def split_by_video_id(
+    dataset: datasets.Dataset, validation_fraction: float = 0.1, seed: int = 0
+) -> datasets.DatasetDict:
+    """Split into "train" and "validation" by video, so no video's frames are on both sides.
+
+    The validation videos are a seeded draw from the sorted video ids: the same ids for the same data and
+    seed whatever the row order.
+    """
+    if not 0.0 < validation_fraction < 1.0:
+        raise YouTubeVISError(f"validation_fraction must be between 0 and 1, not {validation_fraction}")
+    video_ids = np.asarray(dataset["video_id"])
+    unique_ids = np.unique(video_ids)
+    num_validation = int(round(validation_fraction * len(unique_ids)))
+    if not 0 < num_validation < len(unique_ids):
+        raise YouTubeVISError(
+            f"a validation fraction of {validation_fraction} of {len(unique_ids)} videos leaves a split empty"
+        )
+    validation_ids = np.random.default_rng(seed).permutation(unique_ids)[:num_validation]
+    is_validation = np.isin(video_ids, validation_ids)
+    return datasets.DatasetDict(
+        train=dataset.select(np.flatnonzero(~is_validation)),
+        validation=dataset.select(np.flatnonzero(is_validation)),
+    )
+
+
+def save_parquet(dataset: datasets.Dataset, path: str | os.PathLike, *, batch_size: int = 64) -> Path:
+    """Write `dataset` to one parquet file with the frames' bytes embedded, so the file stands alone.
+
+    The schema travels in the file's metadata: `datasets.load_dataset("parquet", data_files=path)` gives
+    the same features back. Written to a temporary file and renamed, so a failure leaves no partial file;
+    an existing file is never replaced.
+    """
+    path = Path(path)
+    if path.exists():
+        raise YouTubeVISError(f"{path} already exists; remove it or choose another path")
+    with _atomic_output_file(path) as temporary:
+        with pq.ParquetWriter(temporary, schema=dataset.features.arrow_schema) as writer:
+            for batch in dataset.with_format("arrow").iter(batch_size=batch_size):
+                writer.write_table(embed_table_storage(batch))
+    return path
+
+
+class _atomic_output_file:
+    """Context manager: yields a temporary path beside `path` and renames it to `path` only on success."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> Path:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".partial")
+        os.close(handle)
+        self.temporary = Path(name)
+        return self.temporary
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        if error_type is None:
+            os.replace(self.temporary, self.path)
+        else:
+            self.temporary.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Synthetic YouTube-VIS
+# ----------------------------------------------------------------------------------------------------------
+
+_SQRT3 = float(np.sqrt(3.0))
+
+
+def _disc(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return u * u + v * v <= 1.0
+
+
+def _square(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return np.maximum(np.abs(u), np.abs(v)) <= 0.75
+
+
+def _triangle(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return (v >= -0.5) & (v <= 1.0 - _SQRT3 * u) & (v <= 1.0 + _SQRT3 * u)
+
+
+def _ellipse(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return u * u + 4.0 * v * v <= 1.0
+
+
+def _ring(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    squared_radius = u * u + v * v
+    return (squared_radius <= 1.0) & (squared_radius >= 0.3)
+
+
+def _cross(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    across, along = np.abs(u), np.abs(v)
+    return ((across <= 0.3) & (along <= 1.0)) | ((along <= 0.3) & (across <= 1.0))
+
+
+# Category name -> membership test in the shape's own unit frame (every shape fits in the unit disc).
+SYNTHETIC_SHAPES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "disc": _disc,
+    "square": _square,
+    "triangle": _triangle,
+    "ellipse": _ellipse,
+    "ring": _ring,
+    "cross": _cross,
+}
+
+
+def synthetic_categories() -> list[dict]:
+    """The synthetic set's categories in YouTube-VIS form (ids from 1, like the real sets)."""
+    return [{"id": index + 1, "name": name, "supercategory": "shape"} for index, name in enumerate(SYNTHETIC_SHAPES)]
+
+
+@dataclass(frozen=True)
+class SyntheticOptions:
+    """Size of the synthetic videos; the defaults are small enough to train on a CPU."""
+
+    min_frames: int = 5
+    max_frames: int = 15
+    min_side: int = 96
+    max_side: int = 192
+    max_instances: int = 4
+
+    def __post_init__(self) -> None:
+        checks = [
+            (1 <= self.min_frames <= self.max_frames, "need 1 <= min_frames <= max_frames"),
+            (16 <= self.min_side <= self.max_side, "need 16 <= min_side <= max_side"),
+            (self.max_instances >= 1, "need max_instances >= 1"),
+        ]
+        for passed, message in checks:
+            if not passed:
+                raise YouTubeVISError(f"{message} (got {self})")
+
+
+@dataclass
+class SyntheticVideo:
+    """One synthetic video: its YouTube-VIS records and, when rendered, its RGB frames [T, H, W, 3] uint8."""
+
+    video: dict
+    annotations: list[dict]
+    frames: np.ndarray | None
+
+
+@dataclass
+class _Track:
+    """Where one instance is in each frame: centre (x, y), radius and angle in pixels/radians, and whether
+    it is in the scene at all (instances enter and leave mid-video)."""
+
+    category: int
+    centers: np.ndarray
+    radii: np.ndarray
+    angles: np.ndarray
+    in_scene: np.ndarray
+
+
+def _plan_tracks(rng: np.random.Generator, length: int, height: int, width: int, max_instances: int) -> list[_Track]:
+    """Random motion for each instance, listed front to back. Each passes a random inner point mid-video
+    and drifts, so fast ones cross the border; half of them also appear late or vanish early."""
+    side = min(height, width)
+    steps = np.arange(length)[:, None]
+    tracks = []
+    for _ in range(int(rng.integers(1, max_instances + 1))):
+        midpoint = rng.uniform([0.15 * width, 0.15 * height], [0.85 * width, 0.85 * height])
+        velocity = rng.uniform(-1.0, 1.0, size=2) * side * rng.uniform(0.01, 0.07)
+        radius = side * rng.uniform(0.12, 0.32)
+        pulse = 1.0 + 0.15 * np.sin(rng.uniform(0.0, 0.5) * np.arange(length) + rng.uniform(0.0, 2 * np.pi))
+        in_scene = np.ones(length, dtype=bool)
+        if length > 2 and rng.random() < 0.5:
+            enter = int(rng.integers(0, length // 2))
+            leave = int(rng.integers(enter + max(1, length // 3), length + 1))
+            in_scene[:enter] = in_scene[leave:] = False
+        tracks.append(
+            _Track(
+                category=int(rng.integers(len(SYNTHETIC_SHAPES))),
+                centers=midpoint + velocity * (steps - length // 2),
+                radii=radius * pulse,
+                angles=rng.uniform(0.0, 2 * np.pi) + rng.uniform(-0.15, 0.15) * np.arange(length),
+                in_scene=in_scene,
+            )
+        )
+    return tracks
+
+
+@dataclass
+class _Appearance:
+    """Colours and textures: stripes that move with each shape, a drifting grating plus grain behind."""
+
+    stripe_colors: np.ndarray  # [instances, 2, 3]
+    stripe_frequency: np.ndarray  # [instances]
+    stripe_direction: np.ndarray  # [instances]
+    background_colors: np.ndarray  # [2, 3]
+    background_wave: np.ndarray  # [3]: x, y frequency, drift per frame
+    grain: np.ndarray  # [H, W, 1]
+
+
+def _plan_appearance(rng: np.random.Generator, num_instances: int, height: int, width: int) -> _Appearance:
+    return _Appearance(
+        stripe_colors=rng.uniform(0, 255, size=(num_instances, 2, 3)).astype(np.float32),
+        stripe_frequency=rng.uniform(3.0, 12.0, size=num_instances).astype(np.float32),
+        stripe_direction=rng.uniform(0.0, np.pi, size=num_instances).astype(np.float32),
+        background_colors=rng.uniform(0, 255, size=(2, 3)).astype(np.float32),
+        background_wave=np.array([*rng.uniform(-0.15, 0.15, size=2), rng.uniform(-0.5, 0.5)], dtype=np.float32),
+        grain=rng.normal(0.0, 12.0, size=(height, width, 1)).astype(np.float32),
+    )
+
+
+def _background(appearance: _Appearance, frame: int, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    fx, fy, drift = appearance.background_wave
+    weight = (0.5 + 0.5 * np.sin(fx * xs + fy * ys + drift * frame))[..., None]
+    low, high = appearance.background_colors
+    return low * weight + high * (1.0 - weight) + appearance.grain
+
+
+def _shape_window(track: _Track, frame: int, height: int, width: int) -> tuple[slice, slice] | None:
+    """The rows and columns that can hold the shape (its unit disc, scaled), clipped to the frame."""
+    (x, y), reach = track.centers[frame], 1.05 * track.radii[frame]
+    rows = slice(max(0, int(y - reach)), min(height, int(y + reach) + 2))
+    columns = slice(max(0, int(x - reach)), min(width, int(x + reach) + 2))
+    if rows.start >= rows.stop or columns.start >= columns.stop:
+        return None
+    return rows, columns
+
+
+def _shape_coordinates(track: _Track, frame: int, window: tuple[slice, slice]) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel centres of `window` in the shape's rotated unit frame."""
+    rows, columns = window
+    (x, y), radius, angle = track.centers[frame], track.radii[frame], track.angles[frame]
+    dx = (np.arange(columns.start, columns.stop, dtype=np.float32) + 0.5 - x)[None, :]
+    dy = (np.arange(rows.start, rows.stop, dtype=np.float32) + 0.5 - y)[:, None]
+    cos, sin = np.cos(angle), np.sin(angle)
+    return (dx * cos + dy * sin) / radius, (dy * cos - dx * sin) / radius
+
+
+def _stripes(appearance: _Appearance, index: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    direction = appearance.stripe_direction[index]
+    phase = appearance.stripe_frequency[index] * (u * np.cos(direction) + v * np.sin(direction))
+    weight = (0.5 + 0.5 * np.sin(phase))[..., None]
+    first, second = appearance.stripe_colors[index]
+    return first * weight + second * (1.0 - weight)
+
+
+def _draw(
+    tracks: list[_Track], appearance: _Appearance | None, length: int, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Visible masks [instances, T, H, W] (what is not hidden by shapes in front) and, given an appearance,
+    the frames [T, H, W, 3]. Shapes are drawn front to back, each only where nothing nearer already is."""
+    masks = np.zeros((len(tracks), length, height, width), dtype=bool)
+    frames = np.empty((length, height, width, 3), dtype=np.uint8) if appearance is not None else None
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    for frame in range(length):
+        covered = np.zeros((height, width), dtype=bool)
+        canvas = _background(appearance, frame, xs, ys) if appearance is not None else None
+        for index, track in enumerate(tracks):
+            window = _shape_window(track, frame, height, width) if track.in_scene[frame] else None
+            if window is None:
+                continue
+            u, v = _shape_coordinates(track, frame, window)
+            shape = SYNTHETIC_SHAPES[list(SYNTHETIC_SHAPES)[track.category]](u, v)
+            visible = shape & ~covered[window]
+            covered[window] |= shape
+            masks[index, frame][window] = visible
+            if canvas is not None:
+                canvas[window][visible] = _stripes(appearance, index, u, v)[visible]
+        if frames is not None:
+            frames[frame] = np.clip(canvas, 0, 255)
+    return masks, frames
+
+
+def _annotation_records(masks: np.ndarray, tracks: list[_Track], video: dict, first_id: int) -> list[dict]:
+    """YouTube-VIS annotation records for the instances visible in at least one frame."""
+    records = []
+    for instance_masks, track in zip(masks, tracks):
+        rles = mask_utils.encode(np.asfortranarray(instance_masks.transpose(1, 2, 0).astype(np.uint8)))
+        areas = rle_areas(rles).tolist()
+        if not any(areas):
+            continue
+        boxes = mask_utils.toBbox(rles).tolist()
+        records.append(
+            {
+                "id": first_id + len(records),
+                "video_id": video["id"],
+                "category_id": track.category + 1,
+                "segmentations": [compress_rle(rle) if area else None for rle, area in zip(rles, areas)],
+                "areas": [area if area else None for area in areas],
+                "bboxes": [box if area else None for box, area in zip(boxes, areas)],
+                "iscrowd": 0,
+                "width": video["width"],
+                "height": video["height"],
+                "length": video["length"],
+            }
+        )
+    return records
+
+
+def synthetic_videos(
+    num_videos: int, seed: int = 0, options: SyntheticOptions = SyntheticOptions(), *, render: bool = True
+) -> Iterator[SyntheticVideo]:
+    """Yield synthetic videos one at a time (ids 1..num_videos, annotation ids from 1).
+
+    Deterministic for a seed, and video i does not depend on `num_videos`: each video draws from its own
+    child of the seed, with motion and appearance on separate streams so that `render=False` (annotations
+    only, much faster) gives exactly the instances of the rendered set.
+    """
+    if num_videos < 1:
+        raise YouTubeVISError(f"need at least one video, not {num_videos}")
+    next_annotation_id = 1
+    for index, video_seed in enumerate(np.random.SeedSequence(seed).spawn(num_videos)):
+        motion_rng, appearance_rng = (np.random.default_rng(child) for child in video_seed.spawn(2))
+        length = int(motion_rng.integers(options.min_frames, options.max_frames + 1))
+        height, width = (int(side) for side in motion_rng.integers(options.min_side, options.max_side + 1, size=2))
+        name = f"synthetic_{index + 1:05d}"
+        video = {
+            "id": index + 1,
+            "width": width,
+            "height": height,
+            "length": length,
+            "file_names": [f"{name}/{frame:05d}.jpg" for frame in range(length)],
+        }
+        tracks = _plan_tracks(motion_rng, length, height, width, options.max_instances)
+        appearance = _plan_appearance(appearance_rng, len(tracks), height, width) if render else None
+        masks, frames = _draw(tracks, appearance, length, height, width)
+        annotations = _annotation_records(masks, tracks, video, next_annotation_id)
+        next_annotation_id += len(annotations)
+        yield SyntheticVideo(video=video, annotations=annotations, frames=frames)
+
+
+def _annotation_file(videos: list[dict], annotations: list[dict]) -> dict:
+    return {
+        "info": {"description": "synthetic YouTube-VIS: textured moving shapes"},
+        "licenses": [],
+        "videos": videos,
+        "categories": synthetic_categories(),
+        "annotations": annotations,
+    }
+
+
+def synthetic_annotations(num_videos: int, seed: int = 0, options: SyntheticOptions = SyntheticOptions()) -> dict:
+    """The annotation file `make_synthetic` would write for these arguments, without drawing any pixels."""
+    videos, annotations = [], []
+    for synthetic in synthetic_videos(num_videos, seed, options, render=False):
+        videos.append(synthetic.video)
+        annotations.extend(synthetic.annotations)
+    return _annotation_file(videos, annotations)
+
+
+def make_synthetic(
+    output_dir: str | os.PathLike,
+    num_videos: int,
+    seed: int = 0,
+    options: SyntheticOptions = SyntheticOptions(),
+    *,
+    jpeg_quality: int = 90,
+    progress: bool = True,
+) -> Path:
+    """Write a synthetic YouTube-VIS folder (JPEGImages/<video>/<frame>.jpg + annotations.json).
+
+    Everything is written into a temporary folder beside `output_dir` and renamed at the end, so an
+    interrupted run leaves nothing half-written; an existing non-empty `output_dir` is refused, never
+    touched. Returns the annotation file's path.
+    """
+    output_dir = Path(output_dir)
+    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
+        raise YouTubeVISError(f"{output_dir} already exists and is not an empty folder; choose a new one")
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.", suffix=".partial"))
+    try:
+        _write_synthetic(staging, num_videos, seed, options, jpeg_quality, progress)
+        os.replace(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output_dir / "annotations.json"
+
+
+def _write_synthetic(
+    folder: Path, num_videos: int, seed: int, options: SyntheticOptions, jpeg_quality: int, progress: bool
+) -> None:
+    videos, annotations = [], []
+    generated = synthetic_videos(num_videos, seed, options, render=True)
+    for synthetic in tqdm(generated, total=num_videos, desc="synthetic videos", unit="video", disable=not progress):
+        for frame, file_name in zip(synthetic.frames, synthetic.video["file_names"]):
+            path = folder / "JPEGImages" / file_name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            PILImage.fromarray(frame).save(path, quality=jpeg_quality)
+        videos.append(synthetic.video)
+        annotations.extend(synthetic.annotations)
+    with (folder / "annotations.json").open("w") as file:
+        json.dump(_annotation_file(videos, annotations), file)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command line: `vistr make-synthetic`
+# ----------------------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `vistr make-synthetic`."""
+    defaults = SyntheticOptions()
+    parser.add_argument("output", metavar="OUT", type=Path, help="new folder to write (must not exist or be empty)")
+    parser.add_argument("--videos", type=int, required=True, help="number of videos")
+    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files")
+    parser.add_argument("--min-frames", type=int, default=defaults.min_frames, help="shortest video, in frames")
+    parser.add_argument("--max-frames", type=int, default=defaults.max_frames, help="longest video, in frames")
+    parser.add_argument("--min-side", type=int, default=defaults.min_side, help="smallest frame height or width")
+    parser.add_argument("--max-side", type=int, default=defaults.max_side, help="largest frame height or width")
+    parser.add_argument("--max-instances", type=int, default=defaults.max_instances, help="most shapes per video")
+    parser.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of the frames (1-95)")
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run `vistr make-synthetic` with parsed arguments."""
+    options = SyntheticOptions(
+        min_frames=args.min_frames,
+        max_frames=args.max_frames,
+        min_side=args.min_side,
+        max_side=args.max_side,
+        max_instances=args.max_instances,
+    )
+    if not 1 <= args.jpeg_quality <= 95:
+        raise YouTubeVISError(f"--jpeg-quality must be between 1 and 95, not {args.jpeg_quality}")
+    annotation_path = make_synthetic(args.output, args.videos, args.seed, options, jpeg_quality=args.jpeg_quality)
+    print(f"wrote {args.videos} synthetic videos to {args.output} (annotations: {annotation_path})")
