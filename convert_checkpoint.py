@@ -290,6 +290,29 @@ def convert(
     return convert_state_dict(state, args, str(checkpoint), num_frames=num_frames, dilation=dilation)
 
 
+_DETR_TOP_LEVEL = ("backbone.", "transformer.", "input_proj.", "query_embed.", "class_embed.", "bbox_embed.")
+
+
+def initialization_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Weights to start training from, in our key names: a VisTR .pth, or a DETR (COCO) .pth such as the
+    authors' 384-d pretraining file, whose `detr.`-prefixed or bare transformer keys are read as VisTR's.
+
+    Unlike `convert`, nothing has to be complete: the caller loads what fits (a DETR file has no VisTR
+    mask head, and its class and query embeddings have other shapes) and reports the rest.
+    """
+    state, _ = load_original_checkpoint(path)
+    renamed = {}
+    for name, tensor in state.items():
+        name = name.removeprefix("detr.")
+        if name.startswith(_DETR_TOP_LEVEL):
+            name = "vistr." + name
+        renamed[name] = tensor
+    mapped, unmapped = map_state_dict(renamed)
+    if not mapped:
+        raise ConversionError(f"{path}: none of its keys is a VisTR or DETR weight (first keys: {sorted(state)[:5]}).")
+    return mapped
+
+
 def write_folder_atomically(output: str | os.PathLike, overwrite: bool, fill: Callable[[Path], None]) -> Path:
     """Build the folder next to `output` with `fill`, then rename it into place.
 

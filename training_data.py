@@ -19,9 +19,9 @@ Reproduces the original `datasets/ytvos.py` + `datasets/transforms.py` (Epiphqny
   Every size is an `AugmentationOptions` field, so tiny CPU models can train at small resolutions.
 
 Randomness: every draw uses torch's RNG, the global one unless a `torch.Generator` is passed to
-`TrainTransform.__call__`. `VisTRClipDataset` uses the global one; a DataLoader seeds it in each worker
-from the main process's torch RNG, which `accelerate`'s `save_state` / `load_state` checkpoint, so a resumed
-run draws the same augmentations. (The original drew from three RNGs: Python's `random` for flip, scales
+`TrainTransform.__call__`. `VisTRClipDataset` uses the global one, or with a `seed` a generator per item
+seeded by (seed, epoch, index), so that a run resumed in mid-epoch, with any number of DataLoader workers,
+draws exactly the augmentations of an uninterrupted one (what `train_accelerate.py` uses). (The original drew from three RNGs: Python's `random` for flip, scales
 and crop size, numpy's for the photometric distortion, torch's for the crop position; the distributions
 here are the same.)
 
@@ -521,10 +521,14 @@ class VisTRClipDataset(torch.utils.data.Dataset):
 
     Item `i` is the clip (`clip_frame_indices`) ending at the `i`-th frame counted over all videos in
     row order, after `transform` (`TrainTransform`, `ValidationTransform` or any Clip -> Clip callable),
-    as `clip_to_example` returns it. Random transforms draw from torch's global RNG.
+    as `clip_to_example` returns it. Without `seed`, random transforms draw from torch's global RNG. With
+    `seed`, item `i` of epoch `e` (`set_epoch`) draws from its own generator seeded by (seed, e, i): the
+    same augmentation whatever the worker count, the batch it lands in or a resume in mid-epoch.
     """
 
-    def __init__(self, dataset: datasets.Dataset, num_frames: int, transform: Callable[[Clip], Clip]) -> None:
+    def __init__(
+        self, dataset: datasets.Dataset, num_frames: int, transform: Callable[..., Clip], seed: int | None = None
+    ) -> None:
         if num_frames < 1:
             raise TrainingDataError(f"num_frames must be at least 1, not {num_frames}")
         lengths = [int(length) for length in dataset["length"]]
@@ -536,14 +540,26 @@ class VisTRClipDataset(torch.utils.data.Dataset):
             )
         self.num_frames = num_frames
         self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+        self.num_videos = len(lengths)
         self.items = [(video, frame) for video, length in enumerate(lengths) for frame in range(length)]
         self._rows = dataset.with_format("arrow")  # rows without decoding every frame of the video
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
     def __len__(self) -> int:
         return len(self.items)
+
+    def _generator(self, index: int) -> torch.Generator:
+        mixed = (self.seed * 0x9E3779B97F4A7C15 + self.epoch * 0xBF58476D1CE4E5B9 + index) % (1 << 63)
+        return torch.Generator().manual_seed(mixed)
 
     def __getitem__(self, index: int) -> dict:
         video, frame_id = self.items[index]
         row = self._rows[video].to_pylist()[0]
         clip = make_clip(row, clip_frame_indices(frame_id, row["length"], self.num_frames))
-        return clip_to_example(self.transform(clip))
+        if self.seed is None:
+            return clip_to_example(self.transform(clip))
+        return clip_to_example(self.transform(clip, self._generator(index)))

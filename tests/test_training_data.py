@@ -451,6 +451,26 @@ def test_augmentation_is_deterministic_given_a_seed_and_uses_only_torch_rng(synt
 # ---------------------------------------------------------------------------------------------- errors
 
 
+def _same_example(a: dict, b: dict) -> bool:
+    return torch.equal(a["pixel_values"], b["pixel_values"]) and all(
+        torch.equal(a["labels"][key], b["labels"][key]) for key in a["labels"]
+    )
+
+
+def test_seeded_dataset_draws_per_item_whatever_the_global_rng_and_order(synthetic):
+    """With a seed, item i of epoch e is one fixed augmentation: resuming mid-epoch or with other
+    DataLoader workers redraws exactly the same clips."""
+    _, _, dataset = synthetic
+    clips = VisTRClipDataset(dataset, num_frames=3, transform=TrainTransform(SMALL), seed=11)
+    torch.manual_seed(0)
+    forward = [clips[index] for index in range(4)]
+    torch.manual_seed(123)
+    backward = [clips[index] for index in reversed(range(4))][::-1]
+    assert all(_same_example(a, b) for a, b in zip(forward, backward))
+    clips.set_epoch(1)
+    assert not all(_same_example(a, clips[index]) for index, a in enumerate(forward))
+
+
 def test_a_video_without_frames_is_refused_with_the_fix(synthetic):
     _, _, dataset = synthetic
     empty = {

@@ -1,0 +1,123 @@
+"""Model cards (`README.md` beside the weights) for every VisTR folder we write.
+
+A folder on the Hub without a card tells its users nothing about where the weights came from; the
+card says how the model was made (converted from which file, or trained with which command on which
+data), what it scores when that is known, how to load it and what it is not for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from huggingface_hub import ModelCard, ModelCardData
+
+PAPER = "https://arxiv.org/abs/2011.14503"
+TAGS = ["video-instance-segmentation", "vistr", "transformers"]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _architecture(config) -> str:
+    return (
+        f"{config.backbone}{' (DC5)' if config.dilation else ''} backbone, d_model {config.d_model}, "
+        f"{config.encoder_layers} encoder + {config.decoder_layers} decoder layers, {config.num_frames} frames x "
+        f"{config.num_queries_per_frame} queries per frame, {config.num_labels} class indices + no-object"
+    )
+
+
+def _metrics_table(metrics: Mapping[str, float], split: str) -> str:
+    rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in metrics.items())
+    return f"YouTube-VIS mask metrics (`vistr evaluate`) on {split}:\n\n| metric | value |\n|---|---|\n{rows}\n"
+
+
+def _model_index(name: str, metrics: Mapping[str, float], dataset: str, split: str) -> list[dict]:
+    return [{
+        "name": name,
+        "results": [{
+            "task": {"type": "video-instance-segmentation", "name": "Video Instance Segmentation"},
+            "dataset": {"type": dataset, "name": dataset, "split": split},
+            "metrics": [{"type": key, "value": float(value), "name": f"mask {key}"} for key, value in metrics.items()],
+        }],
+    }]  # fmt: skip
+
+
+def build_model_card(
+    config,
+    *,
+    name: str,
+    provenance: str,
+    datasets: list[str] | None = None,
+    metrics: Mapping[str, float] | None = None,
+    metrics_split: str = "held-out split",
+) -> ModelCard:
+    """A card with license, tags, datasets, metrics (when known), provenance, use, limits and loading code."""
+    data = ModelCardData(
+        license="apache-2.0",
+        library_name="transformers",
+        tags=TAGS,
+        datasets=datasets or None,
+        model_name=name,
+        eval_results=None,
+    )
+    metadata = data.to_dict()
+    if metrics:
+        metadata["model-index"] = _model_index(name, metrics, (datasets or ["custom"])[0], metrics_split)
+    body = f"""
+# {name}
+
+VisTR ([End-to-End Video Instance Segmentation with Transformers]({PAPER}), Wang et al., CVPR 2021) for
+Hugging Face transformers: {_architecture(config)}.
+
+## Provenance
+
+{provenance}
+
+## Evaluation
+
+{_metrics_table(metrics, metrics_split) if metrics else "Not evaluated when this card was written."}
+
+## How to use
+
+```python
+from transformers import AutoModelForInstanceSegmentation, pipeline
+
+model = AutoModelForInstanceSegmentation.from_pretrained("{name}", trust_remote_code=True).eval()
+segmenter = pipeline("video-instance-segmentation", model="{name}", trust_remote_code=True)
+instances = segmenter("video.mp4")   # label, score and per-frame masks of every instance
+```
+
+or from the command line: `vistr segment video.mp4 --model {name} --output results.json --overlay overlay.mp4`.
+
+## Intended use and limits
+
+Video instance segmentation (segment, classify and track every instance through a clip) of the classes
+listed in `config.json` (`id2label`). The model sees clips of exactly {config.num_frames} frames; longer
+videos are cut into overlapping clips whose instances are linked by mask IoU, shorter ones repeat frames.
+It knows only its training classes and data: expect lower quality on other domains, small objects and
+long occlusions. It is not meant for decisions about people (identification, surveillance).
+"""
+    return ModelCard(f"---\n{_yaml(metadata)}---\n{body}")
+
+
+def _yaml(metadata: Mapping) -> str:
+    import yaml
+
+    return yaml.safe_dump(dict(metadata), sort_keys=False)
+
+
+def save_model_card(folder: str | os.PathLike, card: ModelCard) -> Path:
+    path = Path(folder) / "README.md"
+    card.save(path)
+    return path
+
+
+__all__ = ["build_model_card", "file_sha256", "save_model_card"]

@@ -1,0 +1,94 @@
+"""train_accelerate.py end to end on a tiny synthetic data set (CPU, a few optimizer steps)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import AutoModelForInstanceSegmentation
+
+import train_accelerate
+from convert_checkpoint import initialization_state_dict, load_original_checkpoint
+from modeling_vistr import VisTRForVideoInstanceSegmentation
+from youtube_vis import SyntheticOptions, make_synthetic
+
+TINY_MODEL = ["--backbone", "resnet18", "--num-frames", "2", "--encoder-layers", "1", "--decoder-layers", "2",
+              "--ffn-dim", "64", "--num-queries-per-frame", "3"]  # fmt: skip
+SMALL_CLIPS = ["--train-size", "64", "--train-max-size", "96", "--scales", "64", "80", "--crop-min-size", "48",
+               "--crop-max-size", "80", "--crop-scales", "72", "88"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data") / "synthetic"
+    options = SyntheticOptions(min_frames=3, max_frames=5, min_side=64, max_side=96, max_instances=2)
+    make_synthetic(root, num_videos=6, seed=3, options=options, progress=False)
+    return root
+
+
+def train_arguments(root, output_dir, *extra: str) -> list[str]:
+    return ["--data-root", str(root), "--output-dir", str(output_dir), "--validation-fraction", "0.34",
+            "--report-to", "none", "--lr", "1e-3", "--seed", "5", *TINY_MODEL, *SMALL_CLIPS, *extra]  # fmt: skip
+
+
+def test_training_writes_a_loadable_model_with_card_curve_and_checkpoint(synthetic_root, tmp_path):
+    folder = train_accelerate.train(
+        train_accelerate.build_parser().parse_args(
+            train_arguments(synthetic_root, tmp_path, "--max-steps", "3", "--report-to", "tensorboard", "--logging-steps", "1")
+        )
+    )
+    assert list((tmp_path / "logs").rglob("events.out.tfevents*")), "no tensorboard events written"
+    model = AutoModelForInstanceSegmentation.from_pretrained(folder)
+    assert isinstance(model, VisTRForVideoInstanceSegmentation) and model.config.num_frames == 2
+    assert model.config.id2label[1] != "N/A"  # classes are the data's category ids
+    card = (folder / "README.md").read_text()
+    assert "video-instance-segmentation" in card and "vistr" in card and "train_accelerate.py" in card
+    assert "model-index" in card  # the held-out metrics were known
+    with Image.open(folder / "loss_curve.png") as curve:
+        assert curve.format == "PNG" and curve.size == (800, 400)
+    (checkpoint,) = (tmp_path / "checkpoints").iterdir()
+    state = json.loads((checkpoint / train_accelerate.STATE_FILE).read_text())
+    assert state["step"] == 3 and len(state["history"]) == 3
+    assert all(torch.isfinite(torch.tensor(entry["loss"])) for entry in state["history"])
+
+
+def test_resuming_continues_exactly_like_an_uninterrupted_run(synthetic_root, tmp_path):
+    def run(output_dir, *extra):
+        arguments = train_arguments(synthetic_root, output_dir, "--checkpointing-steps", "2", *extra)
+        return train_accelerate.train(train_accelerate.build_parser().parse_args(arguments))
+
+    straight = run(tmp_path / "straight", "--max-steps", "5")
+    run(tmp_path / "stopped", "--max-steps", "2")
+    resumed = run(tmp_path / "stopped", "--max-steps", "5", "--resume-from-checkpoint", "latest")
+    expected, actual = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+
+
+def test_initialising_from_an_original_checkpoint_drops_only_what_does_not_fit(parity_dir):
+    state, _ = load_original_checkpoint(parity_dir / "vistr_tiny_r50_original.pth")
+    config = train_accelerate.VisTRConfig(num_frames=3, encoder_layers=2, decoder_layers=2, ffn_dim=512, num_labels=5)
+    model = VisTRForVideoInstanceSegmentation(config)
+    left_out = train_accelerate.load_initial_weights(model, str(parity_dir / "vistr_tiny_r50_original.pth"))
+    assert sorted(line.split()[0] for line in left_out) == [
+        "class_labels_classifier.bias", "class_labels_classifier.weight", "vistr.query_position_embeddings.weight"]
+    loaded = model.state_dict()
+    assert torch.equal(loaded["vistr.input_projection.weight"], state["vistr.input_proj.weight"].float())
+    assert torch.equal(loaded["mask_head.dcn.weight"], state["mask_head.dcn.weight"].float())
+
+
+def test_detr_style_keys_map_onto_the_same_weights(parity_dir, tmp_path):
+    """A DETR file (no `vistr.` prefix, DETR's own mask head) initialises backbone and transformer."""
+    state, _ = load_original_checkpoint(parity_dir / "vistr_tiny_r50_original.pth")
+    detr = {name.removeprefix("vistr."): tensor for name, tensor in state.items() if name.startswith("vistr.")}
+    detr["mask_head.lay5.weight"] = torch.zeros(1)
+    torch.save({"model": detr}, tmp_path / "detr.pth")
+    mapped = initialization_state_dict(tmp_path / "detr.pth")
+    reference = initialization_state_dict(parity_dir / "vistr_tiny_r50_original.pth")
+    assert set(mapped) == {name for name in reference if not name.startswith(("mask_head.", "instance_head.", "bbox_attention."))}
+    for name, tensor in mapped.items():
+        assert torch.equal(tensor, reference[name]), name

@@ -1,0 +1,412 @@
+"""Train or fine-tune VisTR on YouTube-VIS-layout data with accelerate.
+
+    accelerate launch train_accelerate.py --data-root ytvis_2019/train --output-dir runs/vistr-r50 \\
+        --init-from 384_coco_r50.pth
+
+One GPU, several (DDP, FSDP, DeepSpeed: `accelerate config`), or the CPU; bf16/fp16 through
+`--mixed-precision` or the accelerate config. The defaults are the original recipe: AdamW (backbone
+lr 1e-5, rest 1e-4, weight decay 1e-4), StepLR, gradient clipping 0.1, one clip per device. Training
+is resumable exactly (`--resume-from-checkpoint`), evaluates on a held-out split of the videos with
+the official YouTube-VIS metrics, logs to tensorboard, draws the loss curve, and ends with a model
+folder (weights, config, processor, code, model card) that loads anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import shutil
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from PIL import Image, ImageDraw
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from configuration_vistr import VisTRConfig
+from convert_checkpoint import initialization_state_dict
+from evaluation_youtube_vis import evaluate
+from image_processing_vistr import VisTRVideoProcessor
+from model_card import build_model_card, file_sha256, save_model_card
+from modeling_vistr import VisTRForVideoInstanceSegmentation
+from pipeline_vistr import VideoSegmenter, save_model_folder
+from training_data import AugmentationOptions, TrainTransform, VisTRClipDataset, collate_fn
+from youtube_vis import load_youtube_vis, read_json, split_by_video_id
+
+logger = get_logger(__name__)
+
+STATE_FILE = "training_state.json"
+
+
+# ------------------------------------------------------------------------------------------------- options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    data = parser.add_argument_group("data")
+    data.add_argument("--data-root", required=True, help="folder with JPEGImages/ and the annotation file")
+    data.add_argument("--annotations", help="annotation JSON (default: DATA_ROOT/annotations.json)")
+    data.add_argument("--validation-fraction", type=float, default=0.1, help="videos held out for evaluation")
+    data.add_argument("--train-size", type=int, default=300, help="final shortest edge of training clips")
+    data.add_argument("--train-max-size", type=int, default=540, help="final longest edge of training clips")
+    data.add_argument("--scales", type=int, nargs="+", help="first multi-scale resize choices (default: the original's)")
+    data.add_argument("--max-size", type=int, default=800, help="longest edge after the first resize")
+    data.add_argument("--crop-scales", type=int, nargs="+", help="resize choices before the random crop")
+    data.add_argument("--crop-min-size", type=int, default=384, help="smallest random crop side")
+    data.add_argument("--crop-max-size", type=int, default=600, help="largest random crop side")
+    data.add_argument("--num-workers", type=int, default=0)
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--init-from", help="original VisTR/DETR .pth or a converted folder to start from")
+    model.add_argument("--backbone", default="resnet50")
+    model.add_argument("--num-frames", type=int, default=36)
+    model.add_argument("--num-queries-per-frame", type=int, default=10)
+    model.add_argument("--encoder-layers", type=int, default=6)
+    model.add_argument("--decoder-layers", type=int, default=6)
+    model.add_argument("--ffn-dim", type=int, default=2048)
+    model.add_argument("--activation-checkpointing", action="store_true", help="recompute layers in backward")
+
+    optim = parser.add_argument_group("optimization")
+    optim.add_argument("--epochs", type=int, default=18)
+    optim.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    optim.add_argument("--lr", type=float, default=1e-4)
+    optim.add_argument("--lr-backbone", type=float, default=1e-5)
+    optim.add_argument("--weight-decay", type=float, default=1e-4)
+    optim.add_argument("--lr-drop", type=int, default=12, help="epochs between StepLR drops (x0.1)")
+    optim.add_argument("--clip-max-norm", type=float, default=0.1)
+    optim.add_argument("--batch-size", type=int, default=1, help="clips per device")
+    optim.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    optim.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], help="default: the accelerate config")
+    optim.add_argument("--seed", type=int, default=42)
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--output-dir", required=True)
+    run.add_argument("--checkpointing-steps", type=int, default=1000, help="save a resumable state every N steps")
+    run.add_argument("--resume-from-checkpoint", help="a checkpoint folder, or 'latest'")
+    run.add_argument("--eval-every-epochs", type=int, default=1)
+    run.add_argument("--logging-steps", type=int, default=10)
+    run.add_argument("--report-to", default="tensorboard", help="accelerate tracker, or 'none'")
+    run.add_argument("--push-to-hub", metavar="REPO", help="upload the final model folder to this Hub repo")
+    return parser
+
+
+def model_config(args: argparse.Namespace, category_names: Mapping[int, str]) -> VisTRConfig:
+    """Classes are the data's category ids used as indices (0 unused unless a category has id 0)."""
+    id2label = {index: category_names.get(index, "N/A") for index in range(max(category_names) + 1)}
+    return VisTRConfig(
+        backbone=args.backbone, num_frames=args.num_frames, num_queries_per_frame=args.num_queries_per_frame,
+        encoder_layers=args.encoder_layers, decoder_layers=args.decoder_layers, ffn_dim=args.ffn_dim,
+        id2label=id2label,
+    )  # fmt: skip
+
+
+def augmentation_options(args: argparse.Namespace) -> AugmentationOptions:
+    """The original's augmentation with the sizes of the command line (smaller ones for small models)."""
+    sizes = {"scales": args.scales, "crop_scales": args.crop_scales}
+    return AugmentationOptions(
+        max_size=args.max_size, crop_min_size=args.crop_min_size, crop_max_size=args.crop_max_size,
+        final_scales=(args.train_size,), final_max_size=args.train_max_size, eval_scale=args.train_size,
+        eval_max_size=args.train_max_size, **{name: tuple(value) for name, value in sizes.items() if value},
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------- model
+
+
+def load_initial_weights(model: VisTRForVideoInstanceSegmentation, source: str) -> list[str]:
+    """Copy every weight of `source` whose name and shape fit; returns what was left out, for the log.
+
+    Class and query embeddings whose shapes differ (other classes, frames or queries) are dropped, as the
+    original does when fine-tuning from DETR or from another VisTR.
+    """
+    if Path(source).is_dir():
+        state = VisTRForVideoInstanceSegmentation.from_pretrained(source).state_dict()
+    else:
+        state = initialization_state_dict(source)
+    own = model.state_dict()
+    fitting = {name: tensor for name, tensor in state.items() if name in own and own[name].shape == tensor.shape}
+    model.load_state_dict(fitting, strict=False)
+    skipped = [f"{name} {list(state[name].shape)} (model {list(own[name].shape)})" for name in state
+               if name in own and name not in fitting]  # fmt: skip
+    missing = sorted(set(own) - set(state))
+    return skipped + [f"{name} (not in {Path(source).name})" for name in missing]
+
+
+def build_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
+    """AdamW with the backbone at its own (lower) learning rate, as the original."""
+    backbone, rest = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (backbone if ".backbone." in f".{name}" else rest).append(parameter)
+    groups = [{"params": rest, "lr": args.lr}, {"params": backbone, "lr": args.lr_backbone}]
+    return torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
+
+
+# ------------------------------------------------------------------------------------------------- evaluation
+
+
+def validation_annotations(annotations: Mapping, video_ids: set[int]) -> dict:
+    """The annotation file restricted to the held-out videos (ground truth for `evaluate`)."""
+    return {
+        **annotations,
+        "videos": [video for video in annotations["videos"] if video["id"] in video_ids],
+        "annotations": [a for a in annotations.get("annotations") or [] if a["video_id"] in video_ids],
+    }
+
+
+@torch.no_grad()
+def evaluate_model(model, processor: VisTRVideoProcessor, rows, annotations: Mapping, disable_progress: bool) -> dict:
+    """Segment every held-out video like `vistr segment` and score it like `vistr evaluate`."""
+    segmenter = VideoSegmenter(model.eval(), processor)
+    results = []
+    for row in tqdm(rows, desc="evaluating", unit="video", disable=disable_progress):
+        video = segmenter(row["frames"])
+        results.extend(
+            {"video_id": row["video_id"], "score": inst["score"], "category_id": inst["label"],
+             "segmentations": inst["segmentations"]}
+            for inst in video["instances"]
+        )  # fmt: skip
+    model.train()
+    if not results:
+        return {"AP": 0.0}
+    return evaluate(annotations, results)
+
+
+# ------------------------------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, epoch: int, history: list[dict]) -> None:
+    """`accelerator.save_state` into a temporary folder, renamed into place once complete."""
+    final = output_dir / "checkpoints" / f"step-{step:08d}"
+    staging = final.with_name(final.name + ".tmp")
+    if accelerator.is_main_process and staging.exists():
+        shutil.rmtree(staging)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    if accelerator.is_main_process:
+        (staging / STATE_FILE).write_text(json.dumps({"step": step, "epoch": epoch, "history": history}))
+        if final.exists():  # the same step saved again (end of training on a checkpointing step)
+            shutil.rmtree(final)
+        os.replace(staging, final)
+    accelerator.wait_for_everyone()
+
+
+def latest_checkpoint(output_dir: Path) -> Path:
+    found = sorted((output_dir / "checkpoints").glob("step-*[0-9]"))
+    if not found:
+        raise FileNotFoundError(f"no checkpoint in {output_dir / 'checkpoints'} to resume from")
+    return found[-1]
+
+
+# ------------------------------------------------------------------------------------------------- pictures
+
+
+def plot_loss_curve(history: list[dict], path: Path, size: tuple[int, int] = (800, 400)) -> None:
+    """Training loss against step as a PNG (PIL only), so a run can be judged at a glance."""
+    width, height = size
+    margin = 50
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    points = [(entry["step"], entry["loss"]) for entry in history if math.isfinite(entry["loss"])]
+    draw.rectangle([margin, margin // 2, width - margin // 2, height - margin], outline="black")
+    if len(points) >= 2:
+        steps, losses = zip(*points)
+        low, high = min(losses), max(losses)
+        span = (high - low) or 1.0
+
+        def to_pixel(step: float, loss: float) -> tuple[float, float]:
+            x = margin + (step - steps[0]) / ((steps[-1] - steps[0]) or 1) * (width - 1.5 * margin)
+            y = height - margin - (loss - low) / span * (height - 1.5 * margin)
+            return x, y
+
+        draw.line([to_pixel(*point) for point in points], fill=(31, 119, 180), width=2)
+        draw.text((5, margin // 2), f"{high:.3g}", fill="black")
+        draw.text((5, height - margin - 10), f"{low:.3g}", fill="black")
+        draw.text((margin, height - margin + 5), f"step {steps[0]}", fill="black")
+        draw.text((width - 2 * margin, height - margin + 5), f"step {steps[-1]}", fill="black")
+    draw.text((width // 2 - 40, 5), "training loss", fill="black")
+    staging = path.with_name(path.name + ".tmp")
+    image.save(staging, format="PNG")
+    os.replace(staging, path)
+
+
+# ------------------------------------------------------------------------------------------------- training
+
+
+class Run:
+    """Everything one training run holds, so the loop below stays readable."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.output_dir = Path(args.output_dir)
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            mixed_precision=args.mixed_precision,
+            log_with=None if args.report_to == "none" else args.report_to,
+            project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")),
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+            step_scheduler_with_optimizer=False,
+        )
+        set_seed(args.seed)
+        self.annotations = read_json(args.annotations or Path(args.data_root) / "annotations.json", "annotation file")
+        dataset = load_youtube_vis(args.data_root, args.annotations)
+        splits = split_by_video_id(dataset, args.validation_fraction, seed=args.seed)
+        self.validation_rows = splits["validation"]
+        self.validation_truth = validation_annotations(self.annotations, set(self.validation_rows["video_id"]))
+        categories = {c["id"]: c["name"] for c in self.annotations["categories"]}
+        self.config = model_config(args, categories)
+        self.model = VisTRForVideoInstanceSegmentation(self.config)
+        if args.init_from:
+            for line in load_initial_weights(self.model, args.init_from):
+                logger.info(f"not initialised from {args.init_from}: {line}")
+        if args.activation_checkpointing:
+            self.model.activation_checkpointing_enable()
+        options = augmentation_options(args)
+        self.processor = VisTRVideoProcessor(
+            size={"shortest_edge": args.train_size, "longest_edge": args.train_max_size},
+            num_queries_per_frame=self.config.num_queries_per_frame,
+        )
+        clips = VisTRClipDataset(splits["train"], args.num_frames, TrainTransform(options), seed=args.seed)
+        # its own generator: creating an iterator (as resuming does) must not draw from the global RNG,
+        # which dropout uses
+        loader = DataLoader(clips, batch_size=args.batch_size, shuffle=True, collate_fn=collate_fn,
+                            num_workers=args.num_workers, generator=torch.Generator().manual_seed(args.seed))
+        optimizer = build_optimizer(self.model, args)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.lr_drop)
+        self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
+            self.model, optimizer, loader, scheduler
+        )
+        self.clips = clips
+        self.step, self.epoch, self.history = 0, 0, []
+
+    def resume(self, checkpoint: str) -> int:
+        """Restore model, optimizer, scheduler, RNGs and position; returns the batches to skip this epoch."""
+        path = latest_checkpoint(self.output_dir) if checkpoint == "latest" else Path(checkpoint)
+        self.accelerator.load_state(str(path))
+        state = json.loads((path / STATE_FILE).read_text())
+        self.step, self.epoch, self.history = state["step"], state["epoch"], state["history"]
+        batches_per_epoch = len(self.loader)
+        return self.step * self.args.gradient_accumulation_steps - self.epoch * batches_per_epoch
+
+    def train_step(self, batch: dict) -> dict[str, float] | None:
+        """Forward, backward, clip and step (when the accumulation window closes); the logged terms."""
+        with self.accelerator.accumulate(self.model):
+            outputs = self.model(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"], labels=batch["labels"])
+            self.accelerator.backward(outputs.loss)
+            if self.accelerator.sync_gradients and self.args.clip_max_norm > 0:
+                self.accelerator.clip_grad_norm_(self.model.parameters(), self.args.clip_max_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad()
+        if not self.accelerator.sync_gradients:
+            return None
+        self.step += 1
+        terms = {"loss": outputs.loss.detach()} | {k: v.detach() for k, v in outputs.loss_dict.items()}
+        return {name: self.accelerator.reduce(value.float(), reduction="mean").item() for name, value in terms.items()}
+
+    def finished(self) -> bool:
+        return self.args.max_steps is not None and self.step >= self.args.max_steps
+
+    def run_epoch(self, skip_batches: int) -> None:
+        self.clips.set_epoch(self.epoch)
+        self.loader.set_epoch(self.epoch)
+        loader = self.accelerator.skip_first_batches(self.loader, skip_batches) if skip_batches else self.loader
+        progress = tqdm(loader, desc=f"epoch {self.epoch}", unit="clip", disable=not self.accelerator.is_local_main_process)
+        for batch in progress:
+            logged = self.train_step(batch)
+            if logged is None:
+                continue
+            self.history.append({"step": self.step, "epoch": self.epoch, "loss": logged["loss"]})
+            progress.set_postfix(loss=f"{logged['loss']:.3f}")
+            if self.step % self.args.logging_steps == 0:
+                self.accelerator.log(logged | {"lr": self.scheduler.get_last_lr()[0]}, step=self.step)
+            if self.step % self.args.checkpointing_steps == 0:
+                save_checkpoint(self.accelerator, self.output_dir, self.step, self.epoch, self.history)
+            if self.finished():
+                return
+        self.epoch += 1
+        self.scheduler.step()
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out metrics, computed by the main process while the others wait."""
+        metrics = {}
+        if self.accelerator.is_main_process:
+            model = self.accelerator.unwrap_model(self.model)
+            metrics = evaluate_model(model, self.processor, self.validation_rows, self.validation_truth,
+                                     disable_progress=False)  # fmt: skip
+            self.accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=self.step)
+            logger.info(f"epoch {self.epoch} step {self.step}: " + json.dumps(metrics))
+        self.accelerator.wait_for_everyone()
+        return metrics
+
+    def save_final(self, metrics: dict[str, float] | None) -> Path:
+        """The model folder with its processor, code and card, written atomically (main process)."""
+        final = self.output_dir / "model"
+        if not self.accelerator.is_main_process:
+            return final
+        model = self.accelerator.unwrap_model(self.model)
+        staging = final.with_name("model.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        save_model_folder(model, staging, self.processor)
+        save_model_card(staging, build_model_card(
+            model.config, name=self.args.push_to_hub or final.name, provenance=self._provenance(),
+            datasets=[Path(self.args.data_root).name], metrics=metrics,
+            metrics_split=f"{len(self.validation_rows)} held-out videos of {Path(self.args.data_root).name}",
+        ))  # fmt: skip
+        plot_loss_curve(self.history, staging / "loss_curve.png")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(staging, final)
+        return final
+
+    def _provenance(self) -> str:
+        command = "accelerate launch train_accelerate.py " + shlex.join(sys.argv[1:])
+        annotation_file = self.args.annotations or Path(self.args.data_root) / "annotations.json"
+        lines = [f"Trained with `{command}` for {self.step} optimizer steps ({self.epoch} epochs) on "
+                 f"`{annotation_file}` (SHA-256 `{file_sha256(annotation_file)}`), "
+                 f"{len(self.clips)} training clips from {self.clips.num_videos} videos."]
+        if self.args.init_from:
+            source = Path(self.args.init_from)
+            digest = f" (SHA-256 `{file_sha256(source)}`)" if source.is_file() else ""
+            lines.append(f"Initialised from `{source.name}`{digest}.")
+        return " ".join(lines)
+
+
+def train(args: argparse.Namespace) -> Path:
+    run = Run(args)
+    accelerator = run.accelerator
+    if args.report_to != "none":
+        hyperparameters = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items()}
+        accelerator.init_trackers("vistr", config=hyperparameters)
+    skip = run.resume(args.resume_from_checkpoint) if args.resume_from_checkpoint else 0
+    metrics = None
+    while run.epoch < args.epochs and not run.finished():
+        run.run_epoch(skip)
+        skip = 0
+        if run.finished() or run.epoch % args.eval_every_epochs == 0 or run.epoch == args.epochs:
+            metrics = run.evaluate()
+    if metrics is None:
+        metrics = run.evaluate()
+    save_checkpoint(accelerator, run.output_dir, run.step, run.epoch, run.history)
+    folder = run.save_final(metrics)
+    if accelerator.is_main_process and args.push_to_hub:
+        from huggingface_hub import HfApi
+
+        HfApi().create_repo(args.push_to_hub, exist_ok=True)
+        HfApi().upload_folder(folder_path=str(folder), repo_id=args.push_to_hub)
+    accelerator.end_training()
+    return folder
+
+
+def main(argv: list[str] | None = None) -> None:
+    train(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
