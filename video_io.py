@@ -112,7 +112,8 @@ def is_video_path(source) -> bool:
 def iter_frames(source) -> Iterator[Image.Image]:
     """Yield the frames of `source` as PIL images (mode as stored), one at a time.
 
-    `source`: a video file, a folder of frames, a list of PIL images / arrays, or a [T, H, W, C] array or tensor.
+    `source`: a video file, a folder of frames, a list of frame files (in that order), a list of PIL images /
+    arrays, or a [T, H, W, C] array or tensor.
     """
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
@@ -126,6 +127,8 @@ def iter_frames(source) -> Iterator[Image.Image]:
     if isinstance(source, (list, tuple)):
         if not source:
             raise VideoReadError("the video is an empty list of frames")
+        if all(isinstance(frame, (str, os.PathLike)) for frame in source):
+            return _iter_frame_folder([Path(frame) for frame in source])
         return (frame_to_image(frame) for frame in source)
     return _iter_array(source)
 

@@ -3,6 +3,7 @@
     vistr convert --checkpoint vistr_r50.pth --output vistr-r50
     vistr inspect vistr-r50
     vistr segment video.mp4 --model vistr-r50 --output results.json --overlay overlay.mp4
+    vistr segment --annotations valid.json --frames-root valid/JPEGImages --model vistr-r50 --output results.json
     vistr make-synthetic synthetic-vis --videos 200 --seed 0
     vistr evaluate --annotations valid.json --results results.json
 """
@@ -17,6 +18,7 @@ import convert_checkpoint
 import evaluation_youtube_vis
 import youtube_vis
 from video_io import VideoReadError
+from youtube_vis import YouTubeVISError
 
 
 def _inspect(args: argparse.Namespace) -> None:
@@ -51,7 +53,12 @@ def _load_for_inference(model_path: str, device: str | None, dtype: str):
     import modeling_vistr  # noqa: F401  (registers VisTR with the Auto classes)
     from image_processing_vistr import VisTRVideoProcessor
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from accelerate import PartialState
+
+    # Under `accelerate launch` / torchrun each process takes its own GPU, or the CPU (gloo) when there is none.
+    use_cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
+    state = PartialState(cpu=use_cpu)  # created before anything else asks for it, so the flag holds
+    device = device or state.device
     model = AutoModelForInstanceSegmentation.from_pretrained(model_path, dtype=getattr(torch, DTYPES[dtype]))
     model = model.to(device).eval()
     try:
@@ -62,6 +69,25 @@ def _load_for_inference(model_path: str, device: str | None, dtype: str):
 
 
 def _segment(args: argparse.Namespace) -> None:
+    """`vistr segment`: the given videos, or with --annotations a whole YouTube-VIS split."""
+    split_job = args.annotations is not None
+    if split_job and (args.inputs or args.overlay or not args.frames_root):
+        raise YouTubeVISError("with --annotations give --frames-root and no input videos or --overlay")
+    if not split_job and (args.frames_root or args.zip or args.evaluate):
+        raise YouTubeVISError("--frames-root, --zip and --evaluate go with --annotations (a YouTube-VIS split)")
+    if not split_job and not args.inputs:
+        raise YouTubeVISError("give video files or frame folders to segment, or --annotations and --frames-root")
+    model, processor = _load_for_inference(args.model, args.device, args.dtype)
+    if split_job:
+        from youtube_vis_inference import run_split
+
+        run_split(model, processor, args.annotations, args.frames_root, args.output, zip_path=args.zip,
+                  score=args.evaluate, stride=args.stride, mask_threshold=args.mask_threshold, model_name=args.model)
+    else:
+        _segment_inputs(args, model, processor)
+
+
+def _segment_inputs(args: argparse.Namespace, model, processor) -> None:
     """Segment each input, then write the YouTube-VIS results JSON and the overlays (all or nothing)."""
     import json
 
@@ -70,19 +96,15 @@ def _segment(args: argparse.Namespace) -> None:
     from overlay import overlay_frames
     from pipeline_vistr import VideoSegmenter
     from video_io import atomic_path, iter_frames, video_fps, write_video
+    from youtube_vis_inference import video_results
 
-    model, processor = _load_for_inference(args.model, args.device, args.dtype)
     segmenter = VideoSegmenter(model, processor, stride=args.stride, mask_threshold=args.mask_threshold)
     videos = []
     with tqdm(args.inputs, desc="videos", unit="video") as bar:
         for source in bar:
             with tqdm(desc=f"clips of {Path(source).name}", unit="clip", leave=False) as clips:
                 videos.append(segmenter(source, on_clip=clips.update))
-    results = [
-        {"video_id": video_id, "score": inst["score"], "category_id": inst["label"], "segmentations": inst["segmentations"]}
-        for video_id, video in enumerate(videos, start=1)
-        for inst in video["instances"]
-    ]
+    results = [result for video_id, video in enumerate(videos, start=1) for result in video_results(video_id, video)]
     with atomic_path(args.output) as temporary:
         temporary.write_text(json.dumps(results))
     for video_id, (source, video) in enumerate(zip(args.inputs, videos), start=1):
@@ -119,7 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.set_defaults(handler=_inspect)
 
     segment = commands.add_parser("segment", help="segment videos or frame folders; write YouTube-VIS results and overlays")
-    segment.add_argument("inputs", nargs="+", help="video files or folders of frames (video_id = position, from 1)")
+    segment.add_argument("inputs", nargs="*", help="video files or folders of frames (video_id = position, from 1)")
+    segment.add_argument("--annotations", help="a YouTube-VIS annotation file: segment every video it lists")
+    segment.add_argument("--frames-root", help="with --annotations: the folder its file_names are relative to")
+    segment.add_argument("--zip", help="with --annotations: also write the submission archive (results.json inside)")
+    segment.add_argument("--evaluate", action="store_true", help="with --annotations: score the results (needs ground truth)")
     segment.add_argument("--model", required=True, help="converted or trained model folder, or Hub id")
     segment.add_argument("--output", required=True, help="results JSON (YouTube-VIS format)")
     segment.add_argument("--overlay", help="overlay video (.gif, .mp4, ...); with several inputs, one file per input")
@@ -143,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)
-    except (convert_checkpoint.ConversionError, VideoReadError, youtube_vis.YouTubeVISError) as error:
+    except (convert_checkpoint.ConversionError, VideoReadError, YouTubeVISError) as error:
         sys.exit(f"error: {error}")
 
 
