@@ -22,7 +22,9 @@ YOUTUBE_VIS_2019_CATEGORIES = (
 )  # fmt: skip
 UNUSED_CLASS_NAME = "N/A"
 
-SUPPORTED_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+# timm ResNets. The released models use resnet50/101; `resnet10t` and timm's tiny `test_resnet` (0.4M
+# parameters) make models small enough to train on a CPU and ship in a repository.
+SUPPORTED_BACKBONES = ("test_resnet", "resnet10t", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
 # Written into every saved config so that a folder loads with `trust_remote_code=True` where this
 # project is not installed (the code files travel with the weights, as on the Hub).

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from configuration_vistr import VisTRConfig, youtube_vis_2019_id2label
+from model_card import build_model_card, file_sha256, push_to_hub, save_model_card
 from modeling_vistr import VisTRForVideoInstanceSegmentation
 from pipeline_vistr import save_model_folder
 
@@ -356,17 +357,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-frames", type=int, default=None, help="frames per clip, for files without args")
     parser.add_argument("--dilation", action="store_true", default=None, help="DC5 backbone, for files without args")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
+    parser.add_argument("--push-to-hub", metavar="REPO", help="also upload the folder to this Hub repo")
 
 
 def run(args: argparse.Namespace) -> None:
     model = convert(args.checkpoint, num_frames=args.num_frames, dilation=args.dilation)
-    output = write_folder_atomically(args.output, args.overwrite, lambda folder: save_model_folder(model, folder))
+    card = build_model_card(
+        model.config, name=args.push_to_hub or Path(args.output).name, datasets=["youtube_vis"],
+        provenance=(
+            f"Converted with `convert_checkpoint.py` from the original VisTR checkpoint `{Path(args.checkpoint).name}` "
+            f"(SHA-256 `{file_sha256(args.checkpoint)}`); outputs equal the original implementation's "
+            "(float64 parity tests against golden data of the original code)."
+        ),
+    )  # fmt: skip
+
+    def fill(folder: Path) -> None:
+        save_model_folder(model, folder)
+        save_model_card(folder, card)
+
+    output = write_folder_atomically(args.output, args.overwrite, fill)
     c = model.config
     print(
         f"Converted {args.checkpoint} -> {output}\n"
         f"  {c.backbone}{' DC5' if c.dilation else ''}, d_model {c.d_model}, {c.encoder_layers}+{c.decoder_layers} "
         f"layers, {c.num_frames} frames x {c.num_queries_per_frame} queries, {c.num_labels} classes + no-object"
     )
+    if args.push_to_hub:
+        print(f"  uploaded: {push_to_hub(output, args.push_to_hub)}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Model cards (`README.md` beside the weights) for every VisTR folder we write.
+"""Sharing a VisTR folder: its model card (`README.md` beside the weights) and the upload to the Hub.
 
 A folder on the Hub without a card tells its users nothing about where the weights came from; the
 card says how the model was made (converted from which file, or trained with which command on which
@@ -120,4 +120,30 @@ def save_model_card(folder: str | os.PathLike, card: ModelCard) -> Path:
     return path
 
 
-__all__ = ["build_model_card", "file_sha256", "save_model_card"]
+def save_default_model_card(folder: str | os.PathLike, config) -> None:
+    """Write a card where none exists yet (`save_pretrained`); a card written by the converter or the
+    trainer, which know the provenance, is kept."""
+    if (Path(folder) / "README.md").exists():
+        return
+    source = getattr(config, "_name_or_path", "") or "weights created in Python"
+    provenance = f"Saved with `save_pretrained`; loaded from or initialised as: `{source}`."
+    save_model_card(folder, build_model_card(config, name=Path(folder).name, provenance=provenance))
+
+
+def push_to_hub(folder: str | os.PathLike, repo_id: str, api=None, private: bool = False) -> str:
+    """Create `repo_id` if needed and upload the folder (weights, config, code, card); returns the commit URL.
+
+    `api` defaults to `huggingface_hub.HfApi()` (token from `hf auth login` or `HF_TOKEN`); tests pass a
+    local stand-in with the same two methods.
+    """
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+                               commit_message="Upload VisTR model")  # fmt: skip
+    return str(getattr(commit, "commit_url", commit))
+
+
+__all__ = ["build_model_card", "file_sha256", "push_to_hub", "save_default_model_card", "save_model_card"]

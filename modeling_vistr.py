@@ -28,10 +28,12 @@ try:  # sibling modules of a package: Hub remote code (`trust_remote_code=True`)
     from .configuration_vistr import VisTRConfig
     from .deform_conv import DeformConv2d
     from .loss_vistr import LossSettings, vistr_loss
+    from .model_card import save_default_model_card
 except ImportError:  # top-level modules: this project installed with pip
     from configuration_vistr import VisTRConfig
     from deform_conv import DeformConv2d
     from loss_vistr import LossSettings, vistr_loss
+    from model_card import save_default_model_card
 
 
 @dataclass
@@ -276,6 +278,12 @@ class VisTRPreTrainedModel(PreTrainedModel):
     input_modalities = ("video",)
     supports_gradient_checkpointing = True
     _no_split_modules = [r"VisTRConvBackbone", r"VisTREncoderLayer", r"VisTRDecoderLayer"]
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' `save_pretrained`, plus a model card (`README.md`) when the folder has none."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            save_default_model_card(save_directory, self.config)
 
     def _init_weights(self, module: nn.Module) -> None:
         """transformers' defaults, plus the original's special cases for the mask branch."""

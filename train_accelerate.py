@@ -35,7 +35,7 @@ from configuration_vistr import VisTRConfig
 from convert_checkpoint import initialization_state_dict
 from evaluation_youtube_vis import evaluate
 from image_processing_vistr import VisTRVideoProcessor
-from model_card import build_model_card, file_sha256, save_model_card
+from model_card import build_model_card, file_sha256, push_to_hub, save_model_card
 from modeling_vistr import VisTRForVideoInstanceSegmentation
 from pipeline_vistr import VideoSegmenter, save_model_folder
 from training_data import AugmentationOptions, TrainTransform, VisTRClipDataset, collate_fn
@@ -396,10 +396,7 @@ def train(args: argparse.Namespace) -> Path:
     save_checkpoint(accelerator, run.output_dir, run.step, run.epoch, run.history)
     folder = run.save_final(metrics)
     if accelerator.is_main_process and args.push_to_hub:
-        from huggingface_hub import HfApi
-
-        HfApi().create_repo(args.push_to_hub, exist_ok=True)
-        HfApi().upload_folder(folder_path=str(folder), repo_id=args.push_to_hub)
+        logger.info(f"uploaded: {push_to_hub(folder, args.push_to_hub)}")
     accelerator.end_training()
     return folder
 

@@ -13,6 +13,7 @@ from transformers import AutoModelForInstanceSegmentation
 import train_accelerate
 from convert_checkpoint import initialization_state_dict, load_original_checkpoint
 from modeling_vistr import VisTRForVideoInstanceSegmentation
+from test_model_card import local_hub  # noqa: F401  (fixture: a local stand-in for the Hub API)
 from youtube_vis import SyntheticOptions, make_synthetic
 
 TINY_MODEL = ["--backbone", "resnet18", "--num-frames", "2", "--encoder-layers", "1", "--decoder-layers", "2",
@@ -34,12 +35,14 @@ def train_arguments(root, output_dir, *extra: str) -> list[str]:
             "--report-to", "none", "--lr", "1e-3", "--seed", "5", *TINY_MODEL, *SMALL_CLIPS, *extra]  # fmt: skip
 
 
-def test_training_writes_a_loadable_model_with_card_curve_and_checkpoint(synthetic_root, tmp_path):
+def test_training_writes_a_loadable_model_with_card_curve_and_checkpoint(synthetic_root, tmp_path, local_hub):
     folder = train_accelerate.train(
-        train_accelerate.build_parser().parse_args(
-            train_arguments(synthetic_root, tmp_path, "--max-steps", "3", "--report-to", "tensorboard", "--logging-steps", "1")
-        )
+        train_accelerate.build_parser().parse_args(train_arguments(
+            synthetic_root, tmp_path, "--max-steps", "3", "--report-to", "tensorboard", "--logging-steps", "1",
+            "--push-to-hub", "someone/trained",
+        ))
     )
+    assert (local_hub / "someone" / "trained" / "README.md").read_text() == (folder / "README.md").read_text()
     assert list((tmp_path / "logs").rglob("events.out.tfevents*")), "no tensorboard events written"
     model = AutoModelForInstanceSegmentation.from_pretrained(folder)
     assert isinstance(model, VisTRForVideoInstanceSegmentation) and model.config.num_frames == 2
