@@ -1,18 +1,30 @@
-"""Seconds per clip and peak memory of a VisTR forward pass (inference, no grad).
+"""Seconds per clip and peak memory of a VisTR forward pass (inference), ours vs the original's way.
 
 Default: the full released R50 configuration (36 frames, 6+6 layers, 360 queries) at 160x288,
-fp32, on CPU, with random weights (a converted checkpoint gives the same cost). Peak memory is
-the process's peak resident set size, read from the OS; "activations" is that peak minus the
-resident size after the model was built.
+fp32, on CPU, with random weights (a converted checkpoint gives the same cost; `conv_offset` is
+re-initialized small-random so that the deformable convolution samples off the grid, as a trained
+one does). Two rows, same weights, same input:
 
-    python benchmarks/bench_forward.py [--frames 36 --height 160 --width 288 --repeats 3]
+* ours: `VisTRForVideoInstanceSegmentation.forward`;
+* original: `original_flow.OriginalFlow`, the original's control flow (per-frame mask head with the
+  memory copied per query, per-instance 3-D head, sequence-first nn.MultiheadAttention, frozen
+  batch norm as separate ops, torchvision's DCN as in the golden fixtures) with our model's modules.
+
+The two are timed alternately (ours, original, ours, ...), so that load from other processes hits
+both alike; medians are reported. Peak memory: the process's resident high-water mark during the
+forward (reset before each run through /proc/self/clear_refs), minus the resident size before it.
+The script then checks that the two outputs agree within the fp32 tolerances of the parity tests
+(logits 1.5e-3, boxes 1e-4, mask logits 5e-3, max abs) and exits non-zero if they do not.
+
+    python benchmarks/bench_forward.py [--frames 36 --height 160 --width 288 --repeats 3 --only ours]
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import platform
-import resource
+import re
 import statistics
 import sys
 import time
@@ -21,20 +33,54 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from configuration_vistr import VisTRConfig  # noqa: E402
 from modeling_vistr import VisTRForVideoInstanceSegmentation  # noqa: E402
+from original_flow import OriginalFlow  # noqa: E402
+
+FP32_TOLERANCE = {"logits": 1.5e-3, "pred_boxes": 1e-4, "pred_masks": 5e-3}
+ORIGINAL_KEY = {"logits": "pred_logits", "pred_boxes": "pred_boxes", "pred_masks": "pred_masks"}
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M).group(1))
 
 
-def current_rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+def _reset_peak_rss() -> bool:
+    """Give freed heap back to the OS and reset the resident high-water mark (Linux)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
-def main() -> None:
+def timed_run(fn) -> tuple[float, float, object]:
+    """(seconds, peak MiB above the resident size before the call, result)."""
+    resettable = _reset_peak_rss()
+    before = _status_kib("VmRSS")
+    start = time.perf_counter()
+    result = fn()
+    seconds = time.perf_counter() - start
+    peak = (_status_kib("VmHWM") - before) / 1024 if resettable else float("nan")
+    return seconds, peak, result
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M).group(1)
+    except (OSError, AttributeError):
+        return platform.processor() or platform.machine()
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", default="resnet50")
     parser.add_argument("--frames", type=int, default=36)
@@ -43,33 +89,64 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--only", choices=("ours", "original"), help="time one row only (no agreement check)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    torch.manual_seed(0)
     config = VisTRConfig(backbone=args.backbone, num_frames=args.frames)
     model = VisTRForVideoInstanceSegmentation(config).eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(model.mask_head.conv_offset.weight, std=0.02)
     clip = torch.randn(1, args.frames, 3, args.height, args.width, generator=torch.Generator().manual_seed(0))
-    built_rss = current_rss_mib()
+    original = OriginalFlow(model)
+    runners = {
+        "ours": lambda: torch.inference_mode()(model)(pixel_values=clip),
+        "original": lambda: torch.inference_mode()(original)(clip),
+    }
+    if args.only:
+        runners = {args.only: runners[args.only]}
 
-    times = []
-    with torch.inference_mode():
-        for step in range(args.warmup + args.repeats):
-            start = time.perf_counter()
-            model(pixel_values=clip)
+    times = {name: [] for name in runners}
+    peaks = {name: [] for name in runners}
+    results = {}
+    for step in range(args.warmup + args.repeats):
+        for name, fn in runners.items():
+            seconds, peak, results[name] = timed_run(fn)
             if step >= args.warmup:
-                times.append(time.perf_counter() - start)
-    peak = peak_rss_mib()
+                times[name].append(seconds)
+                peaks[name].append(peak)
 
-    print(f"machine: {platform.machine()} {platform.processor() or ''}, {args.threads} torch threads, torch {torch.__version__}")
+    print(f"machine: {cpu_name()}, {args.threads} torch threads, torch {torch.__version__}, "
+          f"Python {platform.python_version()}")
     print(f"model: {args.backbone}, {config.num_frames} frames x {config.num_queries_per_frame} queries, "
-          f"{config.encoder_layers}+{config.decoder_layers} layers, d_model {config.d_model}, fp32, CPU")
+          f"{config.encoder_layers}+{config.decoder_layers} layers, d_model {config.d_model}, fp32, CPU; "
+          f"{args.repeats} alternating runs after {args.warmup} warm-up")
     print()
-    print("| input (T x H x W) | s/clip median | s/clip min | frames/s | peak RSS MiB | activations MiB |")
-    print("|---|---|---|---|---|---|")
-    median = statistics.median(times)
-    print(f"| {args.frames} x {args.height} x {args.width} | {median:.2f} | {min(times):.2f} | "
-          f"{args.frames / median:.1f} | {peak:.0f} | {peak - built_rss:.0f} |")
+    print("| forward | input (T x H x W) | s/clip median | s/clip min | frames/s | peak MiB above start | speedup |")
+    print("|---|---|---|---|---|---|---|")
+    baseline = statistics.median(times["original"]) if "original" in times else None
+    for name in runners:
+        median = statistics.median(times[name])
+        speedup = f"{baseline / median:.2f}x" if baseline else "-"
+        print(f"| {name} | {args.frames} x {args.height} x {args.width} | {median:.2f} | {min(times[name]):.2f} | "
+              f"{args.frames / median:.2f} | {max(peaks[name]):.0f} | {speedup} |")
+    print()
+    print("runs (s): " + "; ".join(f"{name} " + " ".join(f"{t:.2f}" for t in ts) for name, ts in times.items()))
+
+    if len(results) < 2:
+        return 0
+    ours, theirs = results["ours"], results["original"]
+    failed = False
+    for name, tolerance in FP32_TOLERANCE.items():
+        diff = (getattr(ours, name) - theirs[ORIGINAL_KEY[name]]).abs().max().item()
+        scale = theirs[ORIGINAL_KEY[name]].abs().max().item()
+        ok = diff <= tolerance
+        failed |= not ok
+        print(f"agreement {name}: max |ours - original| = {diff:.2e} (tolerance {tolerance:g}, max |value| "
+              f"{scale:.3g}) {'ok' if ok else 'FAIL'}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
