@@ -5,6 +5,11 @@ original outputs to float64 round-off. Where the original looped over frames and
 batch size 1 hard-coded, this port runs every frame and instance of every video at once; the
 arithmetic per element is unchanged, so a batch equals its videos run one by one.
 
+Speed (benchmarks/bench_forward.py against the original's control flow): the mask head's first
+convolution takes the encoder memory's share once per frame instead of once per query; on CPU the
+deformable convolution samples with `grid_sample` and the 3-D instance head runs channels-last.
+Each equals the plain computation to round-off (tests/test_modeling_fast_paths.py).
+
 Conventions: `pixel_values` [B, T, 3, H, W], `pixel_mask` [B, T, H, W] with 1 = real pixel;
 queries are frame-major (query `t * n + slot`); the same slot across frames is one instance.
 """
@@ -12,6 +17,7 @@ queries are frame-major (query `t * n + slot`); the same slot across frames is o
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -98,6 +104,11 @@ class VisTRVideoInstanceSegmentationOutput(ModelOutput):
 def downsample_padding_mask(padding_mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Padding mask [B, T, H, W] -> [B, T, h, w], nearest-neighbour as the original does per level."""
     return F.interpolate(padding_mask.float(), size=size, mode="nearest").bool()
+
+
+def _is_plain(module: nn.Module | None, cls: type) -> bool:
+    """Exactly a `cls` (no wrapper or subclass, e.g. an adapter) with no hooks: its forward may be inlined."""
+    return type(module) is cls and not (module._forward_hooks or module._forward_pre_hooks)
 
 
 class VisTRConvBackbone(nn.Module):
@@ -242,12 +253,17 @@ class VisTRDecoderLayer(GradientCheckpointingLayer):
         memory: torch.Tensor,
         memory_position: torch.Tensor,
         memory_padding_mask: torch.Tensor | None,
+        memory_key: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """`memory_key` = memory + memory_position, when the caller computed it once for all layers."""
+        memory_key = memory + memory_position if memory_key is None else memory_key
+
         def self_attention(x):
-            return self.self_attn(x + query_position, x + query_position, x)
+            query_key = x + query_position
+            return self.self_attn(query_key, query_key, x)
 
         def cross_attention(x):
-            return self.encoder_attn(x + query_position, memory + memory_position, memory, memory_padding_mask)
+            return self.encoder_attn(x + query_position, memory_key, memory, memory_padding_mask)
 
         hidden_states = self._residual(hidden_states, self.self_attn_layer_norm, self_attention)
         hidden_states = self._residual(hidden_states, self.encoder_attn_layer_norm, cross_attention)
@@ -336,11 +352,12 @@ class VisTRDecoder(nn.Module):
     def forward(self, query_position, memory, memory_position, memory_padding_mask, output_hidden_states: bool = False):
         """Returns every layer's output after the shared final norm: [layers, B, Q, d]."""
         hidden = torch.zeros_like(query_position)
+        memory_key = memory + memory_position  # the same keys' input in every layer
         intermediate, hidden_states = [], () if output_hidden_states else None
         for layer in self.layers:
             if output_hidden_states:
                 hidden_states += (hidden,)
-            hidden = layer(hidden, query_position, memory, memory_position, memory_padding_mask)
+            hidden = layer(hidden, query_position, memory, memory_position, memory_padding_mask, memory_key)
             intermediate.append(self.layernorm(hidden))
         if output_hidden_states:
             hidden_states += (intermediate[-1],)
@@ -453,6 +470,71 @@ class VisTRMHAttentionMap(nn.Module):
         return F.softmax(weights.flatten(2), dim=-1).view_as(weights)
 
 
+# Bytes of one chunk of sampled columns in the CPU inference path of the deformable convolution.
+_DCN_COLUMN_BUDGET_BYTES = 64 << 20
+
+
+class VisTRDeformConv2d(DeformConv2d):
+    """`DeformConv2d` (same parameters, same numbers) with a fast path for CPU inference.
+
+    The PyTorch path of `deform_conv.py` gathers each bilinear corner separately (one index and
+    weight tensor per corner and tap); on CPU, where no gradient is needed, this layer samples
+    the deformed taps with one `F.grid_sample` call (its bilinear, zero-padded sampling is
+    DCNv1's: a corner outside the image counts 0) and applies the weights as one matrix product.
+    Every other case (CUDA/Triton, gradients, half precision, modulation masks, groups, or
+    VISTR_DCN_BACKEND set) is `DeformConv2d`'s own.
+    """
+
+    def _fast_path_applies(self, input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor | None) -> bool:
+        return (
+            input.device.type == "cpu"
+            and input.dtype in (torch.float32, torch.float64)
+            and mask is None
+            and self.groups == 1
+            and self.offset_groups == 1
+            and not os.environ.get("VISTR_DCN_BACKEND", "").strip()
+            and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, offset, self.weight, self.bias)))
+            and input.dim() == 4
+            and offset.dim() == 4
+            and offset.shape[0] == input.shape[0]
+            and offset.shape[1] == 2 * self.kernel_size[0] * self.kernel_size[1]
+            and offset.dtype == input.dtype == self.weight.dtype
+            and input.shape[1] == self.in_channels
+        )
+
+    def forward(self, input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if not self._fast_path_applies(input, offset, mask):
+            return super().forward(input, offset, mask)
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        batch, channels, height, width = input.shape
+        out_h, out_w = offset.shape[-2:]
+        if (out_h, out_w) != ((height + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1):
+            return super().forward(input, offset, mask)  # let DeformConv2d raise its error
+        taps, dtype, device = kh * kw, input.dtype, input.device
+        # Undeformed position of every tap, as grid_sample's normalized coordinate (align_corners=False
+        # reads pixel p at (2p + 1) / size - 1): rows [taps, Ho, 1], columns [taps, 1, Wo]. A deformed
+        # position p + offset is then at that value + offset * 2 / size.
+        tap_rows = (torch.arange(kh, device=device, dtype=dtype) * dh).repeat_interleave(kw)
+        tap_cols = (torch.arange(kw, device=device, dtype=dtype) * dw).repeat(kh)
+        rows = tap_rows[:, None, None] + (torch.arange(out_h, device=device, dtype=dtype) * sh - ph)[None, :, None]
+        cols = tap_cols[:, None, None] + (torch.arange(out_w, device=device, dtype=dtype) * sw - pw)[None, None, :]
+        grid_rows, grid_cols = (rows * 2 + 1) / height - 1, (cols * 2 + 1) / width - 1
+        weight = self.weight.reshape(self.out_channels, channels * taps)  # column index: channel * taps + tap
+        output = input.new_empty(batch, self.out_channels, out_h * out_w)
+        chunk = max(1, _DCN_COLUMN_BUDGET_BYTES // max(1, channels * taps * out_h * out_w * input.element_size()))
+        for start in range(0, batch, chunk):
+            stop = min(start + chunk, batch)
+            deform = offset[start:stop].reshape(stop - start, taps, 2, out_h, out_w)  # (dy, dx) per tap
+            grid = input.new_empty(stop - start, taps, out_h, out_w, 2)  # (x, y) per sampling point
+            torch.add(grid_cols, deform[:, :, 1], alpha=2 / width, out=grid[..., 0])
+            torch.add(grid_rows, deform[:, :, 0], alpha=2 / height, out=grid[..., 1])
+            columns = F.grid_sample(input[start:stop], grid.view(stop - start, taps * out_h, out_w, 2),
+                                    mode="bilinear", padding_mode="zeros", align_corners=False)
+            torch.matmul(weight, columns.view(stop - start, channels * taps, out_h * out_w), out=output[start:stop])
+        output = output.view(batch, self.out_channels, out_h, out_w)
+        return output if self.bias is None else output + self.bias.view(1, -1, 1, 1)
+
+
 class VisTRMaskHeadSmallConv(nn.Module):
     """Per-frame FPN mask head: memory + attention maps, refined with backbone levels 3..1, ending
     in a deformable 3x3 conv (DCNv1, no bias). Outputs d_model/16 channels at stride 4."""
@@ -471,12 +553,28 @@ class VisTRMaskHeadSmallConv(nn.Module):
         self.lay4 = nn.Conv2d(widths[2], widths[3], 3, padding=1)
         self.gn4 = nn.GroupNorm(8, widths[3])
         self.conv_offset = nn.Conv2d(widths[3], 2 * 3 * 3, 1)
-        self.dcn = DeformConv2d(widths[3], widths[4], 3, padding=1, bias=False)
+        self.dcn = VisTRDeformConv2d(widths[3], widths[4], 3, padding=1, bias=False)
         self.gn5 = nn.GroupNorm(8, widths[4])
         # FPN adapters for backbone levels 2, 1, 0 (strides 16, 8, 4)
         self.adapter1 = nn.Conv2d(fpn_channels[2], widths[1], 1)
         self.adapter2 = nn.Conv2d(fpn_channels[1], widths[2], 1)
         self.adapter3 = nn.Conv2d(fpn_channels[0], widths[3], 1)
+
+    def _first_conv(self, memory: torch.Tensor, attention_maps: torch.Tensor) -> torch.Tensor:
+        """lay1 over [memory, maps of one query], for every query: [F, d, h, w], [F, n, heads, h, w] -> [F*n, dim, h, w].
+
+        The input is the frame's memory (the same for its n queries) next to the query's attention
+        maps, and a convolution is linear in its input channels: the memory's share is computed once
+        per frame and added to each query's share of the maps, instead of convolving n copies of the
+        memory (the original's per-query repeat).
+        """
+        if not _is_plain(self.lay1, nn.Conv2d):  # wrapped or hooked: call it on the concatenation
+            x = torch.cat([memory.repeat_interleave(attention_maps.shape[1], dim=0), attention_maps.flatten(0, 1)], dim=1)
+            return self.lay1(x)
+        d = memory.shape[1]
+        from_memory = F.conv2d(memory, self.lay1.weight[:, :d], self.lay1.bias, padding=self.lay1.padding)
+        from_maps = F.conv2d(attention_maps.flatten(0, 1), self.lay1.weight[:, d:], None, padding=self.lay1.padding)
+        return (from_memory.unsqueeze(1) + from_maps.unflatten(0, attention_maps.shape[:2])).flatten(0, 1)
 
     @staticmethod
     def _add_fpn(x: torch.Tensor, adapted: torch.Tensor, slots: int) -> torch.Tensor:
@@ -490,16 +588,15 @@ class VisTRMaskHeadSmallConv(nn.Module):
         Returns [F * n, d/16, H0, W0], frame f's slot s at row `f * n + s`.
         """
         slots = attention_maps.shape[1]
-        x = torch.cat([memory.repeat_interleave(slots, dim=0), attention_maps.flatten(0, 1)], dim=1)
-        x = F.relu(self.gn1(self.lay1(x)))
-        x = F.relu(self.gn2(self.lay2(x)))
+        x = F.relu(self.gn1(self._first_conv(memory, attention_maps)), inplace=True)
+        x = F.relu(self.gn2(self.lay2(x)), inplace=True)
         x = self._add_fpn(x, self.adapter1(fpns[2]), slots)
-        x = F.relu(self.gn3(self.lay3(x)))
+        x = F.relu(self.gn3(self.lay3(x)), inplace=True)
         x = self._add_fpn(x, self.adapter2(fpns[1]), slots)
-        x = F.relu(self.gn4(self.lay4(x)))
+        x = F.relu(self.gn4(self.lay4(x)), inplace=True)
         x = self._add_fpn(x, self.adapter3(fpns[0]), slots)
         x = self.dcn(x, self.conv_offset(x))
-        return F.relu(self.gn5(x))
+        return F.relu(self.gn5(x), inplace=True)
 
 
 class VisTRInstanceHead(nn.Module):
@@ -520,10 +617,17 @@ class VisTRInstanceHead(nn.Module):
         self.out_conv = nn.Conv3d(hidden, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.norm1(self.conv1(x)))
-        x = F.relu(self.norm2(self.conv2(x)))
-        x = F.relu(self.norm3(self.conv3(x)))
-        return self.out_conv(x)
+        on_cpu = x.device.type == "cpu"
+        if on_cpu:  # NDHWC: oneDNN's native layout for 3-D convolutions, much faster on CPU than NCDHW
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        x = F.relu(self.norm1(self.conv1(x)), inplace=True)
+        x = F.relu(self.norm2(self.conv2(x)), inplace=True)
+        x = F.relu(self.norm3(self.conv3(x)), inplace=True)
+        if not (on_cpu and _is_plain(self.out_conv, nn.Conv3d)):
+            return self.out_conv(x)
+        # the 1x1x1 convolution to one channel as a matrix product over the (innermost) channels
+        out = F.linear(x.movedim(1, -1), self.out_conv.weight.flatten(1), self.out_conv.bias)
+        return out.movedim(-1, 1)
 
 
 class VisTRForVideoInstanceSegmentation(VisTRPreTrainedModel):

@@ -1,0 +1,143 @@
+"""The speed-ups of modeling_vistr.py compute what the plain modules compute (float64, round-off only).
+
+* deformable convolution: the CPU inference path (grid_sample + one matrix product) against
+  torchvision.ops.deform_conv2d, the independent reference, and the dispatch to DeformConv2d;
+* mask head: lay1 split into a per-frame memory share and a per-query attention-map share;
+* instance head: channels-last 3-D convolutions and the output convolution as a matrix product.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+import modeling_vistr as mv
+from configuration_vistr import VisTRConfig
+
+TOL = 1e-10
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor, tol: float = TOL) -> None:
+    assert actual.shape == expected.shape
+    scale = max(1.0, expected.abs().max().item())
+    assert (actual - expected).abs().max().item() <= tol * scale
+
+
+# ------------------------------------------------------------------ deformable convolution
+
+
+@pytest.mark.parametrize(
+    "stride,padding,dilation,kernel,size,scale",
+    [
+        (1, 1, 1, 3, (9, 13), 1.5),  # the mask head's shape of call, fractional offsets
+        (1, 1, 1, 3, (9, 13), 20.0),  # far outside the image
+        (2, 2, 2, 3, (11, 10), 2.0),
+        (1, 0, 1, (2, 3), (7, 8), 1.0),
+    ],
+)
+def test_deform_conv_cpu_inference_path_equals_torchvision(stride, padding, dilation, kernel, size, scale):
+    torch.manual_seed(0)
+    layer = mv.VisTRDeformConv2d(6, 5, kernel, stride=stride, padding=padding, dilation=dilation).double()
+    x = torch.randn(3, 6, *size, dtype=torch.float64)
+    kh, kw = layer.kernel_size
+    out_h = (size[0] + 2 * layer.padding[0] - layer.dilation[0] * (kh - 1) - 1) // layer.stride[0] + 1
+    out_w = (size[1] + 2 * layer.padding[1] - layer.dilation[1] * (kw - 1) - 1) // layer.stride[1] + 1
+    offset = torch.randn(3, 2 * kh * kw, out_h, out_w, dtype=torch.float64) * scale
+    offset[0] = offset[0].round()  # integer offsets: samples exactly on pixels and on the border
+    with torch.no_grad():
+        assert layer._fast_path_applies(x, offset, None)
+        ours = layer(x, offset)
+        expected = torchvision.ops.deform_conv2d(x, offset, layer.weight, layer.bias, layer.stride, layer.padding,
+                                                 layer.dilation)
+    _close(ours, expected)
+
+
+def test_deform_conv_chunks_and_non_contiguous_input(monkeypatch):
+    torch.manual_seed(0)
+    layer = mv.VisTRDeformConv2d(4, 3, 3, padding=1, bias=False).double()
+    x = torch.randn(5, 4, 6, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    offset = torch.randn(5, 18, 6, 7, dtype=torch.float64)
+    with torch.no_grad():
+        whole = layer(x, offset)
+        monkeypatch.setattr(mv, "_DCN_COLUMN_BUDGET_BYTES", 1)  # one sample per chunk
+        chunked = layer(x, offset)
+        expected = torchvision.ops.deform_conv2d(x, offset, layer.weight, None, 1, 1)
+    _close(whole, expected)
+    assert torch.equal(whole, chunked)
+
+
+def test_deform_conv_other_cases_are_deform_conv2ds(monkeypatch):
+    layer = mv.VisTRDeformConv2d(4, 3, 3, padding=1).double()
+    x = torch.randn(2, 4, 6, 7, dtype=torch.float64)
+    offset = torch.randn(2, 18, 6, 7, dtype=torch.float64)
+    assert not layer._fast_path_applies(x, offset, None)  # parameters require grad, grad mode on
+    with torch.no_grad():
+        assert layer._fast_path_applies(x, offset, None)
+        assert not layer._fast_path_applies(x, offset, torch.rand(2, 9, 6, 7, dtype=torch.float64))  # DCNv2
+        assert not layer._fast_path_applies(x.float(), offset.float(), None)  # weight dtype differs
+        monkeypatch.setenv("VISTR_DCN_BACKEND", "torch")
+        assert not layer._fast_path_applies(x, offset, None)  # a forced backend is honoured
+    # the training path still gives torchvision's numbers and gradients flow
+    out = layer(x, offset.requires_grad_())
+    out.sum().backward()
+    assert offset.grad is not None and layer.weight.grad is not None
+    _close(out.detach(), torchvision.ops.deform_conv2d(x, offset.detach(), layer.weight.detach(), layer.bias.detach(),
+                                                       padding=1))
+
+
+# ------------------------------------------------------------------ heads
+
+
+def _small_config() -> VisTRConfig:
+    return VisTRConfig(backbone="resnet18", num_frames=3, encoder_layers=1, decoder_layers=1, ffn_dim=64)
+
+
+def test_mask_head_first_conv_equals_convolving_the_concatenation():
+    torch.manual_seed(0)
+    config = _small_config()
+    head = mv.VisTRMaskHeadSmallConv(config, [64, 128, 256]).double()
+    memory = torch.randn(3, config.d_model, 4, 5, dtype=torch.float64)
+    maps = torch.rand(3, 7, config.num_attention_heads, 4, 5, dtype=torch.float64)
+    with torch.no_grad():
+        split = head._first_conv(memory, maps)
+        whole = head.lay1(torch.cat([memory.repeat_interleave(7, dim=0), maps.flatten(0, 1)], dim=1))
+    _close(split, whole)
+
+
+def test_instance_head_cpu_path_equals_its_modules():
+    torch.manual_seed(0)
+    head = mv.VisTRInstanceHead(VisTRConfig()).double()
+    x = torch.randn(2, head.conv1.in_channels, 3, 6, 7, dtype=torch.float64)
+    with torch.no_grad():
+        expected = head.out_conv(F.relu(head.norm3(head.conv3(F.relu(head.norm2(head.conv2(
+            F.relu(head.norm1(head.conv1(x))))))))))
+        _close(head(x), expected)
+        _close(copy.deepcopy(head).float()(x.float()).double(), expected, tol=1e-5)
+
+
+def test_whole_model_equals_the_original_control_flow_with_deformed_sampling():
+    """Random weights with real (non-zero) DCN offsets, padding, float64: our forward against the
+    original's per-frame / per-instance control flow of benchmarks/original_flow.py."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from original_flow import OriginalFlow
+
+    torch.manual_seed(0)
+    model = mv.VisTRForVideoInstanceSegmentation(_small_config()).double().eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(model.mask_head.conv_offset.weight, std=0.5)
+    clip = torch.randn(1, 3, 3, 64, 96, dtype=torch.float64)
+    mask = torch.ones(1, 3, 64, 96, dtype=torch.long)
+    mask[..., 50:, :] = 0
+    mask[..., 80:] = 0
+    with torch.no_grad():
+        ours = model(pixel_values=clip, pixel_mask=mask)
+    theirs = OriginalFlow(copy.deepcopy(model))(clip, mask)
+    for name, key in (("logits", "pred_logits"), ("pred_boxes", "pred_boxes"), ("pred_masks", "pred_masks")):
+        _close(getattr(ours, name), theirs[key], tol=1e-9)
