@@ -5,7 +5,8 @@ original outputs to float64 round-off. Where the original looped over frames and
 batch size 1 hard-coded, this port runs every frame and instance of every video at once; the
 arithmetic per element is unchanged, so a batch equals its videos run one by one.
 
-Speed (benchmarks/bench_forward.py against the original's control flow): the mask head's first
+Speed (benchmarks/bench_forward.py against the original's control flow): the frozen batch norms
+are folded into the backbone's convolutions (channels-last on CPU); the mask head's first
 convolution takes the encoder memory's share once per frame instead of once per query; on CPU the
 deformable convolution samples with `grid_sample` and the 3-D instance head runs channels-last.
 Each equals the plain computation to round-off (tests/test_modeling_fast_paths.py).
@@ -27,7 +28,7 @@ from transformers import AutoModel, AutoModelForInstanceSegmentation, PreTrained
 from transformers import initialization as init
 from transformers.backbone_utils import load_backbone
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.models.detr.modeling_detr import replace_batch_norm
+from transformers.models.detr.modeling_detr import DetrFrozenBatchNorm2d, replace_batch_norm
 from transformers.utils import ModelOutput
 
 try:  # sibling modules of a package: Hub remote code (`trust_remote_code=True`)
@@ -111,6 +112,73 @@ def _is_plain(module: nn.Module | None, cls: type) -> bool:
     return type(module) is cls and not (module._forward_hooks or module._forward_pre_hooks)
 
 
+def _is_frozen_batch_norm(module: nn.Module) -> bool:
+    # transformers' DetrFrozenBatchNorm2d: buffers only, scale = weight * rsqrt(running_var + 1e-5)
+    return _is_plain(module, DetrFrozenBatchNorm2d) and not any(True for _ in module.parameters())
+
+
+def _is_identity(module: nn.Module | None) -> bool:
+    return module is None or _is_plain(module, nn.Identity)
+
+
+def _fusable_resnet_blocks(model: nn.Module) -> list[list[nn.Module]] | None:
+    """The blocks of layer1..layer4 when `model` is a plain timm ResNet (conv-norm-ReLU stem, Bottleneck or
+    BasicBlock stages, frozen norms, no SE/anti-aliasing/drop-path, outputs = the four stages); else None."""
+    names = [name for name, _ in model.named_children()]
+    stages = ["layer1", "layer2", "layer3", "layer4"]
+    if names != ["conv1", "bn1", "act1", "maxpool"] + stages or list(getattr(model, "return_layers", {})) != stages:
+        return None
+    if model._forward_hooks or model._forward_pre_hooks:
+        return None
+    if not (_is_plain(model.conv1, nn.Conv2d) and _is_frozen_batch_norm(model.bn1) and _is_plain(model.act1, nn.ReLU)):
+        return None
+    for stage in stages:
+        if not _is_plain(getattr(model, stage), nn.Sequential) or not _is_plain(model.maxpool, nn.MaxPool2d):
+            return None
+        for block in getattr(model, stage):
+            kind = type(block).__name__
+            convs = ("conv1", "conv2", "conv3") if kind == "Bottleneck" else ("conv1", "conv2") if kind == "BasicBlock" else ()
+            if not convs:
+                return None
+            for i, conv in enumerate(convs, start=1):
+                if not (_is_plain(getattr(block, conv), nn.Conv2d) and _is_frozen_batch_norm(getattr(block, f"bn{i}"))):
+                    return None
+            acts = [getattr(block, f"act{i}", None) for i in range(1, len(convs) + 1)]
+            if block._forward_hooks or block._forward_pre_hooks or not all(_is_plain(act, nn.ReLU) for act in acts):
+                return None
+            if not all(_is_identity(getattr(block, name, None)) for name in ("drop_block", "aa", "se", "drop_path")):
+                return None
+            downsample = block.downsample
+            if downsample is not None and not (
+                _is_plain(downsample, nn.Sequential) and len(downsample) == 2 and _is_plain(downsample[0], nn.Conv2d)
+                and _is_frozen_batch_norm(downsample[1])
+            ):
+                return None
+    return [list(getattr(model, stage)) for stage in stages]
+
+
+def _conv_frozen_batch_norm(x: torch.Tensor, conv: nn.Conv2d, norm: nn.Module) -> torch.Tensor:
+    """norm(conv(x)) as one convolution: the norm's scale folded into the weights, its shift into the bias."""
+    scale = norm.weight * (norm.running_var + 1e-5).rsqrt()  # the norm's own formula, in its order
+    shift = norm.bias - norm.running_mean * scale
+    bias = shift if conv.bias is None else conv.bias * scale + shift
+    weight = conv.weight * scale.view(-1, 1, 1, 1)
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def _fused_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A timm Bottleneck / BasicBlock: conv-norm-ReLU chain, shortcut, add, ReLU."""
+    shortcut = x if block.downsample is None else _conv_frozen_batch_norm(x, block.downsample[0], block.downsample[1])
+    # in place on fresh convolution outputs: a convolution's backward does not need its output
+    y = F.relu(_conv_frozen_batch_norm(x, block.conv1, block.bn1), inplace=True)
+    if hasattr(block, "conv3"):
+        y = F.relu(_conv_frozen_batch_norm(y, block.conv2, block.bn2), inplace=True)
+        y = _conv_frozen_batch_norm(y, block.conv3, block.bn3)
+    else:
+        y = _conv_frozen_batch_norm(y, block.conv2, block.bn2)
+    return F.relu(y.add_(shortcut), inplace=True)
+
+
 class VisTRConvBackbone(nn.Module):
     """A timm ResNet (through transformers' backbone API) with frozen batch norm, as in DETR.
 
@@ -129,7 +197,28 @@ class VisTRConvBackbone(nn.Module):
                 parameter.requires_grad_(False)
 
     def forward(self, frames: torch.Tensor) -> list[torch.Tensor]:
-        return list(self.model(frames))
+        stages = _fusable_resnet_blocks(self.model)  # checked per call: cheap, and robust to module surgery
+        if stages is None:  # a layout we do not know: timm's own forward
+            return list(self.model(frames))
+        return self._fused_forward(frames, stages)
+
+    def _fused_forward(self, frames: torch.Tensor, stages: list[list[nn.Module]]) -> list[torch.Tensor]:
+        """timm's ResNet forward with each frozen batch norm folded into its convolution (channels-last on CPU).
+
+        conv(x, W) * s + b  ==  conv(x, W * s) + b  (s, b the norm's per-channel scale and shift): one
+        pass over each activation instead of three. Differentiable: gradients reach the convolution
+        weights through the fold. On CPU the frames go channels-last (NHWC), oneDNN's native layout;
+        the returned levels keep it (same values, other strides).
+        """
+        model = self.model
+        x = frames.contiguous(memory_format=torch.channels_last) if frames.device.type == "cpu" else frames
+        x = model.maxpool(F.relu(_conv_frozen_batch_norm(x, model.conv1, model.bn1), inplace=True))
+        levels = []
+        for blocks in stages:
+            for block in blocks:
+                x = _fused_block(block, x)
+            levels.append(x)
+        return levels
 
 
 class VisTRSinePositionEmbedding(nn.Module):

@@ -1,5 +1,7 @@
 """The speed-ups of modeling_vistr.py compute what the plain modules compute (float64, round-off only).
 
+* backbone: frozen batch norms folded into the convolutions, channels-last on CPU (values and
+  gradients), with a fallback to timm's forward for layouts it does not know;
 * deformable convolution: the CPU inference path (grid_sample + one matrix product) against
   torchvision.ops.deform_conv2d, the independent reference, and the dispatch to DeformConv2d;
 * mask head: lay1 split into a per-frame memory share and a per-query attention-map share;
@@ -25,6 +27,62 @@ def _close(actual: torch.Tensor, expected: torch.Tensor, tol: float = TOL) -> No
     assert actual.shape == expected.shape
     scale = max(1.0, expected.abs().max().item())
     assert (actual - expected).abs().max().item() <= tol * scale
+
+
+# ------------------------------------------------------------------ backbone
+
+
+def _backbone(backbone: str, **config) -> mv.VisTRConvBackbone:
+    torch.manual_seed(0)
+    module = mv.VisTRConvBackbone(VisTRConfig(backbone=backbone, **config)).double().eval()
+    # non-trivial frozen statistics, so that the fold has something to fold
+    for norm in module.modules():
+        if isinstance(norm, mv.DetrFrozenBatchNorm2d):
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.normal_(0, 0.1)
+            norm.running_mean.normal_(0, 0.1)
+            norm.running_var.uniform_(0.5, 2.0)
+    return module
+
+
+@pytest.mark.parametrize("backbone,config", [("resnet50", {}), ("resnet18", {}), ("resnet50", {"dilation": True})])
+def test_folded_backbone_equals_timm_forward(backbone, config):
+    module = _backbone(backbone, **config)
+    assert mv._fusable_resnet_blocks(module.model) is not None
+    frames = torch.randn(2, 3, 64, 96, dtype=torch.float64)
+    with torch.no_grad():
+        fused = module(frames)
+        plain = list(module.model(frames))
+    assert len(fused) == len(plain) == 4
+    for a, b in zip(fused, plain):
+        _close(a, b)
+
+
+def test_folded_backbone_gradients_equal_timm_forward():
+    module = _backbone("resnet18")
+    frames = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    grads = []
+    for forward in (module, lambda x: list(module.model(x))):
+        module.zero_grad()
+        sum(level.square().mean() for level in forward(frames)).backward()
+        grads.append({n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and any(n.startswith("model.layer4") for n in grads[0])
+    for name in grads[0]:
+        _close(grads[0][name], grads[1][name])
+
+
+def test_unknown_backbone_layouts_use_timms_forward():
+    deep_stem = mv.VisTRConvBackbone(VisTRConfig(backbone="resnet10t"))
+    assert mv._fusable_resnet_blocks(deep_stem.model) is None  # conv1 is a Sequential (deep stem)
+    module = _backbone("resnet18")
+    assert mv._fusable_resnet_blocks(module.model) is not None
+    seen = []
+    handle = module.model.layer2[0].conv1.register_forward_hook(lambda *args: seen.append(1))
+    assert mv._fusable_resnet_blocks(module.model) is None  # a hook inside: do not inline
+    with torch.no_grad():
+        module(torch.randn(1, 3, 64, 64, dtype=torch.float64))
+    assert seen == [1]
+    handle.remove()
 
 
 # ------------------------------------------------------------------ deformable convolution
