@@ -609,18 +609,19 @@ class VisTRDeformConv2d(DeformConv2d):
         cols = tap_cols[:, None, None] + (torch.arange(out_w, device=device, dtype=dtype) * sw - pw)[None, None, :]
         grid_rows, grid_cols = (rows * 2 + 1) / height - 1, (cols * 2 + 1) / width - 1
         weight = self.weight.reshape(self.out_channels, channels * taps)  # column index: channel * taps + tap
-        output = input.new_empty(batch, self.out_channels, out_h * out_w)
         chunk = max(1, _DCN_COLUMN_BUDGET_BYTES // max(1, channels * taps * out_h * out_w * input.element_size()))
+        outputs = []
         for start in range(0, batch, chunk):
             stop = min(start + chunk, batch)
             deform = offset[start:stop].reshape(stop - start, taps, 2, out_h, out_w)  # (dy, dx) per tap
-            grid = input.new_empty(stop - start, taps, out_h, out_w, 2)  # (x, y) per sampling point
-            torch.add(grid_cols, deform[:, :, 1], alpha=2 / width, out=grid[..., 0])
-            torch.add(grid_rows, deform[:, :, 0], alpha=2 / height, out=grid[..., 1])
+            grid = torch.stack(  # (x, y) per sampling point
+                (torch.add(grid_cols, deform[:, :, 1], alpha=2 / width), torch.add(grid_rows, deform[:, :, 0], alpha=2 / height)),
+                dim=-1,
+            )
             columns = F.grid_sample(input[start:stop], grid.view(stop - start, taps * out_h, out_w, 2),
                                     mode="bilinear", padding_mode="zeros", align_corners=False)
-            torch.matmul(weight, columns.view(stop - start, channels * taps, out_h * out_w), out=output[start:stop])
-        output = output.view(batch, self.out_channels, out_h, out_w)
+            outputs.append(torch.matmul(weight, columns.view(stop - start, channels * taps, out_h * out_w)))
+        output = (torch.cat(outputs) if len(outputs) > 1 else outputs[0]).view(batch, self.out_channels, out_h, out_w)
         return output if self.bias is None else output + self.bias.view(1, -1, 1, 1)
 
 

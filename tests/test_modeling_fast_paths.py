@@ -199,3 +199,13 @@ def test_whole_model_equals_the_original_control_flow_with_deformed_sampling():
     theirs = OriginalFlow(copy.deepcopy(model))(clip, mask)
     for name, key in (("logits", "pred_logits"), ("pred_boxes", "pred_boxes"), ("pred_masks", "pred_masks")):
         _close(getattr(ours, name), theirs[key], tol=1e-9)
+
+
+def test_inference_forward_traces_in_one_graph():
+    """The fast paths keep the forward traceable by torch.compile without graph breaks (CPU, no grad)."""
+    torch.manual_seed(0)
+    model = mv.VisTRForVideoInstanceSegmentation(_small_config()).eval()
+    with torch.no_grad():
+        explanation = torch._dynamo.explain(model)(pixel_values=torch.randn(1, 3, 3, 64, 96))
+    assert explanation.graph_break_count == 0, [str(b.reason).splitlines()[0] for b in explanation.break_reasons]
+    assert explanation.graph_count == 1
