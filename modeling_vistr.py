@@ -620,7 +620,8 @@ class VisTRDeformConv2d(DeformConv2d):
             )
             columns = F.grid_sample(input[start:stop], grid.view(stop - start, taps * out_h, out_w, 2),
                                     mode="bilinear", padding_mode="zeros", align_corners=False)
-            outputs.append(torch.matmul(weight, columns.view(stop - start, channels * taps, out_h * out_w)))
+            # bmm, not matmul: matmul would fold the batch into a transposed copy of the columns
+            outputs.append(torch.bmm(weight.expand(stop - start, -1, -1), columns.view(stop - start, channels * taps, -1)))
         output = (torch.cat(outputs) if len(outputs) > 1 else outputs[0]).view(batch, self.out_channels, out_h, out_w)
         return output if self.bias is None else output + self.bias.view(1, -1, 1, 1)
 
