@@ -670,8 +670,15 @@ class VisTRMaskHeadSmallConv(nn.Module):
     @staticmethod
     def _add_fpn(x: torch.Tensor, adapted: torch.Tensor, slots: int) -> torch.Tensor:
         """x [F*n, c, h, w] upsampled (nearest) onto the frame's adapted FPN level [F, c, H, W]."""
-        x = F.interpolate(x, size=adapted.shape[-2:], mode="nearest")
-        return (adapted.unsqueeze(1) + x.unflatten(0, (adapted.shape[0], slots))).flatten(0, 1)
+        frames, (height, width), (h, w) = adapted.shape[0], adapted.shape[-2:], x.shape[-2:]
+        if (height, width) == (2 * h, 2 * w):
+            # exactly twice the size: nearest upsampling repeats each pixel 2 x 2, so the sum is one
+            # broadcast add, without materializing the upsampled x
+            level = adapted.unflatten(-1, (w, 2)).unflatten(-3, (h, 2))[:, None]  # [F, 1, c, h, 2, w, 2]
+            pixels = x.unflatten(0, (frames, slots))[:, :, :, :, None, :, None]  # [F, n, c, h, 1, w, 1]
+            return (level + pixels).reshape(frames * slots, x.shape[1], height, width)
+        x = F.interpolate(x, size=(height, width), mode="nearest")
+        return (adapted.unsqueeze(1) + x.unflatten(0, (frames, slots))).flatten(0, 1)
 
     def forward(self, memory: torch.Tensor, attention_maps: torch.Tensor, fpns: list[torch.Tensor]) -> torch.Tensor:
         """memory [F, d, h, w], attention_maps [F, n, heads, h, w], fpns = levels (0, 1, 2) as [F, C, H, W].

@@ -1,7 +1,7 @@
 """Each speed-up of the forward pass alone: the optimized part against what it replaced, same inputs.
 
 Shapes of the full R50 configuration at 36 x 160 x 288 (fp32, CPU, inference): backbone on 36
-frames, mask-head first convolution on 360 (frame, query) pairs at stride 32, the deformable
+frames, mask-head first convolution on 360 (frame, query) pairs at stride 32, its last FPN sum, the deformable
 convolution on 360 x 48 x 40 x 72 with random offsets, the 3-D instance head on 10 sequences of
 36 frames, the decoder on 360 queries over 1620 memory tokens. Variants of one part are timed
 alternately (load from other processes hits them alike); medians are printed, with the largest
@@ -88,6 +88,14 @@ def build_parts(config: VisTRConfig, frames: int, height: int, width: int):
     query_position = model.vistr.query_position_embeddings.weight[None]
     decoder = model.vistr.decoder
 
+    cl = torch.channels_last
+    fpn_x = torch.rand(frames * slots, head.lay4.out_channels, h4 // 2, w4 // 2, generator=g).contiguous(memory_format=cl)
+    fpn_level = torch.rand(frames, head.lay4.out_channels, h4, w4, generator=g).contiguous(memory_format=cl)
+
+    def fpn_interpolate_then_add():
+        up = F.interpolate(fpn_x, size=fpn_level.shape[-2:], mode="nearest")
+        return (fpn_level.unsqueeze(1) + up.unflatten(0, (frames, slots))).flatten(0, 1)
+
     def lay1_concat():
         return head.lay1(torch.cat([memory.repeat_interleave(slots, dim=0), maps.flatten(0, 1)], dim=1))
 
@@ -100,6 +108,10 @@ def build_parts(config: VisTRConfig, frames: int, height: int, width: int):
         "mask head lay1 (360 pairs)": {
             "conv of [memory repeated per query, maps] (before)": lay1_concat,
             "memory share per frame + maps share per query (now)": lambda: head._first_conv(memory, maps),
+        },
+        "mask head FPN sum (360 x 48 x 20 x 36 onto 40 x 72)": {
+            "nearest interpolate, then add (before)": fpn_interpolate_then_add,
+            "one broadcast add (now)": lambda: head._add_fpn(fpn_x, fpn_level, slots),
         },
         "deformable conv (360 x 48 x 40 x 72)": {
             "deform_conv.py PyTorch path (before)": lambda: deform_conv2d(dcn_in, dcn_offset, dcn.weight, None, 1, 1),

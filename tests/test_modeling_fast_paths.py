@@ -4,7 +4,8 @@
   gradients), with a fallback to timm's forward for layouts it does not know;
 * deformable convolution: the CPU inference path (grid_sample + one matrix product) against
   torchvision.ops.deform_conv2d, the independent reference, and the dispatch to DeformConv2d;
-* mask head: lay1 split into a per-frame memory share and a per-query attention-map share;
+* mask head: lay1 split into a per-frame memory share and a per-query attention-map share, the FPN
+  sums as one broadcast add;
 * instance head: channels-last 3-D convolutions and the output convolution as a matrix product.
 """
 
@@ -164,6 +165,15 @@ def test_mask_head_first_conv_equals_convolving_the_concatenation():
         split = head._first_conv(memory, maps)
         whole = head.lay1(torch.cat([memory.repeat_interleave(7, dim=0), maps.flatten(0, 1)], dim=1))
     _close(split, whole)
+
+
+@pytest.mark.parametrize("level_size", [(8, 10), (9, 11)])  # exactly twice the input, and not
+def test_fpn_sum_equals_nearest_upsampling_then_add(level_size):
+    torch.manual_seed(0)
+    x = torch.randn(6, 5, 4, 5, dtype=torch.float64)  # 2 frames x 3 slots
+    adapted = torch.randn(2, 5, *level_size, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    expected = (adapted.unsqueeze(1) + F.interpolate(x, size=level_size, mode="nearest").unflatten(0, (2, 3))).flatten(0, 1)
+    assert torch.equal(mv.VisTRMaskHeadSmallConv._add_fpn(x, adapted, 3), expected)
 
 
 def test_instance_head_cpu_path_equals_its_modules():
