@@ -51,21 +51,21 @@ class VideoTargets:
 
 @dataclass(frozen=True)
 class LossSettings:
-    """The matcher costs and loss coefficients of a `VisTRConfig`."""
+    """The matcher costs and loss coefficients of a `VisTRConfig` (its defaults are the original's)."""
 
     num_labels: int
     num_frames: int
     num_queries_per_frame: int
-    class_cost: float = 1.0
-    bbox_cost: float = 5.0
-    giou_cost: float = 2.0
-    bbox_loss_coefficient: float = 5.0
-    giou_loss_coefficient: float = 2.0
-    mask_loss_coefficient: float = 1.0
-    dice_loss_coefficient: float = 1.0
-    eos_coefficient: float = 0.1
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
+    class_cost: float
+    bbox_cost: float
+    giou_cost: float
+    bbox_loss_coefficient: float
+    giou_loss_coefficient: float
+    mask_loss_coefficient: float
+    dice_loss_coefficient: float
+    eos_coefficient: float
+    focal_alpha: float
+    focal_gamma: float
 
     @classmethod
     def from_config(cls, config) -> LossSettings:

@@ -17,7 +17,7 @@ from loss_vistr import LossSettings, match_sequences, prepare_targets, sequence_
 from modeling_vistr import VisTRForVideoInstanceSegmentation
 
 FRAMES, INSTANCES = 4, 3
-SETTINGS = LossSettings(num_labels=41, num_frames=FRAMES, num_queries_per_frame=10)
+SETTINGS = LossSettings.from_config(VisTRConfig(num_frames=FRAMES, num_queries_per_frame=10))  # 41 classes, original costs
 WEIGHTED_TERMS = ("loss_ce", "loss_bbox", "loss_giou", "loss_mask", "loss_dice", "loss_ce_0", "loss_bbox_0", "loss_giou_0")
 
 
