@@ -7,7 +7,9 @@ vectorized PyTorch implementation for CPU tensors, so the model runs anywhere
 PyTorch does.
 
 The backend is chosen per call: CUDA tensors use Triton, everything else uses
-PyTorch.  ``VISTR_DCN_BACKEND=triton|torch`` forces one; with ``triton`` and
+PyTorch: DCNv1 without groups (VisTR's case) as one ``grid_sample`` and a matrix
+product, the general case (DCNv2 masks, groups) as a corner-by-corner gather.  ``VISTR_DCN_BACKEND=triton|torch`` forces Triton or the
+gather path; with ``triton`` and
 ``TRITON_INTERPRET=1`` (set before this module is imported) the Triton kernels
 run on CPU tensors through Triton's interpreter.
 """
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch.autograd.function import once_differentiable
 
 try:
@@ -229,6 +232,98 @@ class _TorchDeformConv(torch.autograd.Function):
 def _torch_deform_conv(input, offset, mask, weight, bias, geo) -> Tensor:
     out = _TorchDeformConv.apply(input, offset, mask, weight, geo)
     return out if bias is None else out + bias.view(1, -1, 1, 1)
+
+
+# --------------------------------------------------------------------------- grid-sample path (CPU, DCNv1)
+
+
+def _grid_sample_applies(input: Tensor, mask: Tensor | None, geo: _Geometry) -> bool:
+    """DCNv1 without groups (any float dtype): the case VisTR's mask head has, inference and training alike."""
+    return mask is None and geo.groups == 1 and geo.offset_groups == 1
+
+
+def _integer_grid(size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``grid_sample`` coordinates (align_corners=False) of the pixel positions -2, -1, ..., size + 1 of an axis.
+
+    grid_sample maps a coordinate g back to the pixel position ((g + 1) * size - 1) / 2, rounded (in one
+    rounding on some kernels, in several on others).  The floor of that position decides which two
+    pixels a sample's offset gradient differences, and at an integer n the plain (2n + 1) / size - 1
+    can come back a rounding error below n, the wrong side of the jump: the gradient of the pixel
+    pair to the left, or a nonzero one on the border (n = -1 and n = size count one zero pixel).
+    Each entry is therefore raised by one ulp of g + 1 where (g + 1) * size < 2n + 1 exactly, which
+    makes the position come back >= n under any rounding.
+    """
+    n = torch.arange(-2, size + 2, device=device, dtype=dtype)
+    grid = (n * 2 + 1) / size - 1
+    unit = grid + 1  # what grid_sample computes first, in the same precision
+    if dtype == torch.float64:  # unit * size exactly, as two products of 26 and 27 significant bits (size < 2**26)
+        high = (unit.view(torch.int64) & ~((1 << 27) - 1)).view(torch.float64)
+        below = (high * size - (n * 2 + 1)) + (unit - high) * size < 0
+    else:  # float32: the product is exact in float64
+        below = unit.double() * size < (n * 2 + 1).double()
+    # one ulp more for g + 1: below -0.5 the ulp of g is the step of g + 1, above it that of g + 1 is
+    inf = grid.new_tensor(math.inf)
+    raised = torch.where(grid < -0.5, torch.nextafter(grid, inf), torch.nextafter(unit, inf) - 1)
+    return torch.where(below, raised, grid)
+
+
+def _grid_coordinates(position: Tensor, integer_grid: Tensor) -> Tensor:
+    """Normalized coordinates of pixel positions: the integer part's entry of ``_integer_grid``, plus the fraction.
+
+    Adding the nonnegative fraction cannot round below the integer's entry, so a position comes back
+    with the floor torchvision uses (one within the coordinates' resolution, about size * 2**-24 pixels
+    in float32, below an integer can still round up onto it).  Positions left of -2 or right of
+    size + 1 are moved into [-2, -1) and [size + 1, size + 2): as far out, they still sample zero with
+    zero gradients.
+    """
+    size = integer_grid.numel() - 4
+    floor = position.detach().floor()
+    # the integer clamp keeps a NaN position's index in range (its coordinate stays NaN through the fraction)
+    index = floor.clamp(-2, size + 1).add_(2).int().clamp_(0, size + 3)
+    whole = integer_grid.index_select(0, index.view(-1)).view(index.shape)
+    return torch.add(whole, position - floor, alpha=2 / size)
+
+
+def _grid_sample_deform_conv(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None, geo: _Geometry) -> Tensor:
+    """DCNv1 as one ``F.grid_sample`` over all taps and one batched matrix product, differentiable by autograd.
+
+    grid_sample's bilinear, zero-padded sampling is DCNv1's (a corner outside the image counts 0), and
+    PyTorch's CPU kernels for it and for its backward are vectorized: several times faster than the
+    corner-by-corner gather of ``_sample_columns`` in both directions.  The deformed positions are
+    computed in pixels, as torchvision does, and converted by ``_grid_coordinates``.  Half precision
+    (bf16 autocast) is computed in float32, as the gather path does: sampling positions in bf16 would be
+    off by up to half a pixel.
+    """
+    if input.dtype in (torch.float16, torch.bfloat16):
+        bias = None if bias is None else bias.float()
+        return _grid_sample_full_precision(input.float(), offset.float(), weight.float(), bias, geo).to(input.dtype)
+    return _grid_sample_full_precision(input, offset, weight, bias, geo)
+
+
+def _grid_sample_full_precision(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None, geo: _Geometry) -> Tensor:
+    """``_grid_sample_deform_conv`` on float32/float64 tensors."""
+    batch, channels, height, width = input.shape
+    (out_h, out_w), taps = geo.out_size, geo.kernel[0] * geo.kernel[1]
+    rows, cols = _tap_grid(geo, input.device, input.dtype)
+    rows_grid, cols_grid = (_integer_grid(size, input.device, input.dtype) for size in (height, width))
+    flat_weight = weight.reshape(weight.shape[0], channels * taps)  # column index: channel * taps + tap
+    chunk = max(1, _COLUMN_BUDGET_BYTES // max(1, channels * taps * out_h * out_w * input.element_size()))
+    outputs = []
+    for start in range(0, max(batch, 1), chunk):  # an empty batch is one empty chunk, still differentiable
+        stop = min(start + chunk, batch)
+        deform = offset[start:stop].view(stop - start, taps, 2, out_h, out_w)  # (dy, dx) per tap
+        grid = torch.stack(  # (x, y) per sampling point
+            (_grid_coordinates(deform[:, :, 1] + cols, cols_grid),
+             _grid_coordinates(deform[:, :, 0] + rows, rows_grid)),
+            dim=-1,
+        )
+        columns = F.grid_sample(input[start:stop], grid.view(stop - start, taps * out_h, out_w, 2),
+                                mode="bilinear", padding_mode="zeros", align_corners=False)
+        # bmm, not matmul: matmul would fold the batch into a transposed copy of the columns
+        columns = columns.view(stop - start, channels * taps, out_h * out_w)
+        outputs.append(torch.bmm(flat_weight.expand(stop - start, -1, -1), columns))
+    output = (torch.cat(outputs) if len(outputs) > 1 else outputs[0]).view(batch, weight.shape[0], out_h, out_w)
+    return output if bias is None else output + bias.view(1, -1, 1, 1)
 
 
 # --------------------------------------------------------------------------- Triton path
@@ -604,7 +699,7 @@ def _backend(input: Tensor) -> str:
         return forced
     # float64 stays on the PyTorch path on GPUs: Triton's fp64 dot support varies by architecture.
     use_triton = input.is_cuda and triton is not None and input.dtype != torch.float64
-    return "triton" if use_triton else "torch"
+    return "triton" if use_triton else "auto"
 
 
 def deform_conv2d(
@@ -628,8 +723,11 @@ def deform_conv2d(
     input, offset, weight = input.contiguous(), offset.contiguous(), weight.contiguous()
     mask = None if mask is None else mask.contiguous()
     bias = None if bias is None else bias.contiguous()
-    if _backend(input) == "triton":
+    backend = _backend(input)
+    if backend == "triton":
         return _triton_deform_conv(input, offset, mask, weight, bias, geo)
+    if backend == "auto" and _grid_sample_applies(input, mask, geo):
+        return _grid_sample_deform_conv(input, offset, weight, bias, geo)
     return _torch_deform_conv(input, offset, mask, weight, bias, geo)
 
 

@@ -1,6 +1,7 @@
 """deform_conv.py against torchvision.ops.deform_conv2d, the independent reference.
 
-The PyTorch path runs in this process.  The Triton kernels run on CUDA tensors when
+The PyTorch paths (the corner-by-corner gather and, for DCNv1 without groups, the
+grid-sample path) run in this process.  The Triton kernels run on CUDA tensors when
 a GPU is present, and on CPU through Triton's interpreter otherwise; the
 interpreter needs TRITON_INTERPRET=1 before triton is first imported (torchvision
 imports it), so test_triton_kernels_in_interpreter re-runs the test_triton_*
@@ -15,7 +16,7 @@ import random
 import subprocess
 import sys
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -221,6 +222,13 @@ def test_torch_half_precision_computes_in_float32(torch_backend, dtype):
     assert max(errors.values()) <= 1e-2, errors
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_grid_sample_half_precision_computes_in_float32(monkeypatch, dtype):
+    monkeypatch.delenv(dc._BACKEND_ENV, raising=False)
+    errors = _half_precision_errors(dc.deform_conv2d, Case(mask=False), dtype, "cpu")
+    assert max(errors.values()) <= 1e-2, errors
+
+
 def test_non_contiguous_inputs_are_handled(torch_backend):
     case = Case(n=2, mask=True)
     tensors = _inputs(case, torch.float64, seed=11)
@@ -302,6 +310,166 @@ def test_module_parameters_and_forward(torch_backend):
     torch.testing.assert_close(layer(x, offset, mask), expected, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="offset has 6 channels"):
         layer(x, offset[:, :6], mask)
+
+
+# ----------------------------------------------------------------------------------- grid-sample path
+# DCNv1 without groups in float32/64 (the mask head's case), when no backend is forced: one F.grid_sample
+# and a batched matrix product, differentiated by autograd, for inference and training alike.
+
+GRID_SAMPLE_CASES = [
+    replace(_random_case(seed), groups=1, offset_groups=1, mask=False) for seed in range(100, 120)
+] + [
+    Case(mask=False),  # the mask head's call: 3x3, padding 1, stride 1; fractional offsets
+    Case(n=2, c_in=48, c_out=24, size=(15, 27), mask=False, bias=False),  # ... and its channel widths
+    Case(kernel=(5, 5), padding=2, stride=2, dilation=2, size=(9, 11), mask=False),
+    Case(kernel=(2, 3), padding=0, size=(7, 8), mask=False),
+    Case(kernel=(3, 1), stride=2, padding=2, dilation=2, size=(8, 5), mask=False),
+    Case(mask=False, offsets="integer"),  # samples exactly on pixels
+    Case(kernel=(5, 5), padding=2, stride=2, size=(9, 11), mask=False, offsets="integer"),
+    Case(mask=False, offsets="border"),  # exactly on -1, -0.5, 0, size-1, size-0.5, size
+    Case(size=(6, 10), kernel=(3, 5), padding=1, mask=False, offsets="border", bias=False),
+    Case(size=(13, 3), stride=2, mask=False, offsets="border"),
+    Case(mask=False, offsets="far"),
+    Case(n=0, mask=False),
+]
+
+
+@pytest.fixture
+def grid_sample_backend(monkeypatch):
+    """deform_conv2d with no backend forced, failing the test if a call does not take the grid-sample path."""
+    monkeypatch.delenv(dc._BACKEND_ENV, raising=False)
+    calls = {"grid_sample": 0, "torch": 0}
+    grid_sample, torch_path = dc._grid_sample_deform_conv, dc._torch_deform_conv
+
+    def recorded(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(dc, "_grid_sample_deform_conv", recorded("grid_sample", grid_sample))
+    monkeypatch.setattr(dc, "_torch_deform_conv", recorded("torch", torch_path))
+    yield dc.deform_conv2d
+    assert calls["torch"] == 0 and calls["grid_sample"] > 0, calls
+
+
+@pytest.mark.parametrize("case", GRID_SAMPLE_CASES, ids=str)
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-9), (torch.float32, 1e-5)])
+def test_grid_sample_matches_torchvision(grid_sample_backend, case, dtype, tol):
+    """Output and the gradients of input, offset, weight and bias."""
+    _assert_matches_torchvision(grid_sample_backend, case, dtype, tol, seed=case.seed())
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-9), (torch.float32, 1e-5)])
+def test_grid_sample_every_integer_position_matches_torchvision(grid_sample_backend, dtype, tol):
+    """Samples on every integer position -1 .. size of an axis, for many sizes: the offset gradient jumps there,
+    and grid_sample's normalized coordinates must come back with torchvision's floor (see _integer_grid)."""
+    for size in range(1, 70):
+        for axis in (0, 1):
+            targets = torch.arange(-1, size + 1, dtype=dtype)  # along `axis`; 0.5 across (between two pixels)
+            shape = (size, 2) if axis == 0 else (2, size)
+            case = Case(n=1, c_in=2, c_out=3, size=shape, kernel=(1, 1), padding=0)
+            generator = torch.Generator().manual_seed(size)
+            offset = torch.full((1, 2, *shape), 0.5, dtype=dtype)  # a (dy, dx) pair per output pixel
+            positions = targets[torch.randint(0, len(targets), shape, generator=generator)]
+            base = torch.arange(size, dtype=dtype).view((-1, 1) if axis == 0 else (1, -1))
+            offset[0, axis] = positions - base
+            offset[0, 1 - axis] -= torch.arange(2, dtype=dtype).view((1, -1) if axis == 0 else (-1, 1))
+            tensors = {
+                "input": torch.randn(1, 2, *shape, generator=generator, dtype=dtype).requires_grad_(),
+                "offset": offset.requires_grad_(),
+                "weight": torch.randn(3, 2, 1, 1, generator=generator, dtype=dtype).requires_grad_(),
+                "bias": torch.randn(3, generator=generator, dtype=dtype).requires_grad_(),
+                "mask": None,
+            }
+            expected = _run(torchvision.ops.deform_conv2d, case, _on_cpu(tensors), None)
+            actual = _run(grid_sample_backend, case, tensors, None)
+            for name, ref in expected.items():
+                err = (actual[name] - ref).abs().max().item() / (ref.abs().max().item() or 1.0)
+                assert err <= tol, f"{name}: relative error {err:.3g} for size {size} along axis {axis}"
+
+
+def test_grid_sample_far_outside_the_image_gives_zero_gradients(grid_sample_backend):
+    case = Case(mask=False, offsets="far")
+    result = _run(grid_sample_backend, case, _inputs(case, torch.float64, seed=7), None)
+    tensors = _inputs(case, torch.float64, seed=7)
+    assert torch.equal(result["output"], tensors["bias"].detach().view(1, -1, 1, 1).expand_as(result["output"]))
+    for name in ("grad_input", "grad_offset", "grad_weight"):
+        assert result[name].abs().max() == 0, name
+
+
+def test_grid_sample_chunking_is_exact(grid_sample_backend, monkeypatch):
+    case = Case(n=5, mask=False, offsets="border")
+    expected = _run(grid_sample_backend, case, _inputs(case, torch.float64, seed=5), None)
+    batches = []
+    grid_sample = dc.F.grid_sample
+
+    def recorded(input, *args, **kwargs):
+        batches.append(input.shape[0])
+        return grid_sample(input, *args, **kwargs)
+
+    monkeypatch.setattr(dc.F, "grid_sample", recorded)
+    monkeypatch.setattr(dc, "_COLUMN_BUDGET_BYTES", 1)  # one sample per chunk
+    actual = _run(grid_sample_backend, case, _inputs(case, torch.float64, seed=5), None)
+    assert batches == [1] * case.n
+    for name in ("output", "grad_input", "grad_offset"):  # per sample: the same arithmetic
+        assert torch.equal(actual[name], expected[name]), name
+    for name in ("grad_weight", "grad_bias"):  # sums over the batch, in another order
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-13, atol=1e-13)
+
+
+def test_grid_sample_channels_last_and_non_contiguous_inputs(grid_sample_backend):
+    case = Case(n=3, mask=False)
+    tensors = _inputs(case, torch.float64, seed=11)
+    expected = _run(grid_sample_backend, case, tensors, None)
+    strided = {k: None if v is None else v.detach() for k, v in tensors.items()}
+    strided["input"] = strided["input"].contiguous(memory_format=torch.channels_last)
+    strided["offset"] = strided["offset"].transpose(-1, -2).contiguous().transpose(-1, -2)
+    strided["weight"] = strided["weight"].contiguous(memory_format=torch.channels_last)
+    assert not strided["input"].is_contiguous() and not strided["offset"].is_contiguous()
+    actual = _run(grid_sample_backend, case, {k: None if v is None else v.requires_grad_() for k, v in strided.items()},
+                  None)
+    for name in expected:
+        assert torch.equal(actual[name], expected[name]), name
+    _assert_matches_torchvision(grid_sample_backend, case, torch.float32, 1e-5, seed=11)
+
+
+def test_grid_sample_empty_batch_returns_empty_output_and_grads(grid_sample_backend):
+    case = Case(n=0, size=(6, 8), stride=2, mask=False)
+    result = _run(grid_sample_backend, case, _inputs(case, torch.float32, seed=0), None)
+    assert result["output"].shape == (0, case.c_out, *case.out_size())
+    assert result["grad_weight"].abs().max() == 0 and result["grad_bias"].abs().max() == 0
+    assert result["grad_input"].shape == (0, case.c_in, *case.size)
+    assert result["grad_offset"].shape == (0, 18, *case.out_size())
+
+
+@pytest.mark.parametrize("case, dtype, backend, path", [
+    (Case(mask=False), torch.float32, None, "grid_sample"),
+    (Case(mask=False), torch.float64, None, "grid_sample"),
+    (Case(mask=False), torch.float64, "auto", "grid_sample"),
+    (Case(mask=True), torch.float32, None, "torch"),  # DCNv2
+    (Case(mask=False, groups=2, c_out=4), torch.float32, None, "torch"),
+    (Case(mask=False, offset_groups=2), torch.float32, None, "torch"),
+    (Case(mask=False), torch.float16, None, "grid_sample"),  # computed in float32
+    (Case(mask=False), torch.bfloat16, None, "grid_sample"),
+    (Case(mask=False), torch.float32, "torch", "torch"),  # a forced backend is honoured
+], ids=str)
+def test_grid_sample_dispatch(monkeypatch, case, dtype, backend, path):
+    """Which CPU path runs; with the other path made to fail, so that a wrong dispatch cannot pass."""
+    if backend is None:
+        monkeypatch.delenv(dc._BACKEND_ENV, raising=False)
+    else:
+        monkeypatch.setenv(dc._BACKEND_ENV, backend)
+    calls = []
+    for name, attr in (("grid_sample", "_grid_sample_deform_conv"), ("torch", "_torch_deform_conv")):
+        fn = getattr(dc, attr)
+        monkeypatch.setattr(dc, attr, lambda *args, fn=fn, name=name: calls.append(name) or fn(*args))
+    tensors = _inputs(case, dtype, seed=0)
+    _run(dc.deform_conv2d, case, tensors, None)
+    layer = dc.DeformConv2d(case.c_in, case.c_out, case.kernel, padding=case.padding, groups=case.groups,
+                            offset_groups=case.offset_groups).to(dtype)
+    layer(tensors["input"], tensors["offset"], tensors["mask"]).sum().backward()
+    assert calls == [path, path]
 
 
 # ----------------------------------------------------------------------------------- Triton kernels

@@ -2,11 +2,11 @@
 
 * backbone: frozen batch norms folded into the convolutions, channels-last on CPU (values and
   gradients), with a fallback to timm's forward for layouts it does not know;
-* deformable convolution: the CPU inference path (grid_sample + one matrix product) against
-  torchvision.ops.deform_conv2d, the independent reference, and the dispatch to DeformConv2d;
 * mask head: lay1 split into a per-frame memory share and a per-query attention-map share, the FPN
   sums as one broadcast add;
 * instance head: channels-last 3-D convolutions and the output convolution as a matrix product.
+
+The deformable convolution's CPU grid-sample path is tested against torchvision in test_deform_conv.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-import torchvision
 
 import modeling_vistr as mv
 from configuration_vistr import VisTRConfig
@@ -84,68 +83,6 @@ def test_unknown_backbone_layouts_use_timms_forward():
         module(torch.randn(1, 3, 64, 64, dtype=torch.float64))
     assert seen == [1]
     handle.remove()
-
-
-# ------------------------------------------------------------------ deformable convolution
-
-
-@pytest.mark.parametrize(
-    "stride,padding,dilation,kernel,size,scale",
-    [
-        (1, 1, 1, 3, (9, 13), 1.5),  # the mask head's shape of call, fractional offsets
-        (1, 1, 1, 3, (9, 13), 20.0),  # far outside the image
-        (2, 2, 2, 3, (11, 10), 2.0),
-        (1, 0, 1, (2, 3), (7, 8), 1.0),
-    ],
-)
-def test_deform_conv_cpu_inference_path_equals_torchvision(stride, padding, dilation, kernel, size, scale):
-    torch.manual_seed(0)
-    layer = mv.VisTRDeformConv2d(6, 5, kernel, stride=stride, padding=padding, dilation=dilation).double()
-    x = torch.randn(3, 6, *size, dtype=torch.float64)
-    kh, kw = layer.kernel_size
-    out_h = (size[0] + 2 * layer.padding[0] - layer.dilation[0] * (kh - 1) - 1) // layer.stride[0] + 1
-    out_w = (size[1] + 2 * layer.padding[1] - layer.dilation[1] * (kw - 1) - 1) // layer.stride[1] + 1
-    offset = torch.randn(3, 2 * kh * kw, out_h, out_w, dtype=torch.float64) * scale
-    offset[0] = offset[0].round()  # integer offsets: samples exactly on pixels and on the border
-    with torch.no_grad():
-        assert layer._fast_path_applies(x, offset, None)
-        ours = layer(x, offset)
-        expected = torchvision.ops.deform_conv2d(x, offset, layer.weight, layer.bias, layer.stride, layer.padding,
-                                                 layer.dilation)
-    _close(ours, expected)
-
-
-def test_deform_conv_chunks_and_non_contiguous_input(monkeypatch):
-    torch.manual_seed(0)
-    layer = mv.VisTRDeformConv2d(4, 3, 3, padding=1, bias=False).double()
-    x = torch.randn(5, 4, 6, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
-    offset = torch.randn(5, 18, 6, 7, dtype=torch.float64)
-    with torch.no_grad():
-        whole = layer(x, offset)
-        monkeypatch.setattr(mv, "_DCN_COLUMN_BUDGET_BYTES", 1)  # one sample per chunk
-        chunked = layer(x, offset)
-        expected = torchvision.ops.deform_conv2d(x, offset, layer.weight, None, 1, 1)
-    _close(whole, expected)
-    assert torch.equal(whole, chunked)
-
-
-def test_deform_conv_other_cases_are_deform_conv2ds(monkeypatch):
-    layer = mv.VisTRDeformConv2d(4, 3, 3, padding=1).double()
-    x = torch.randn(2, 4, 6, 7, dtype=torch.float64)
-    offset = torch.randn(2, 18, 6, 7, dtype=torch.float64)
-    assert not layer._fast_path_applies(x, offset, None)  # parameters require grad, grad mode on
-    with torch.no_grad():
-        assert layer._fast_path_applies(x, offset, None)
-        assert not layer._fast_path_applies(x, offset, torch.rand(2, 9, 6, 7, dtype=torch.float64))  # DCNv2
-        assert not layer._fast_path_applies(x.float(), offset.float(), None)  # weight dtype differs
-        monkeypatch.setenv("VISTR_DCN_BACKEND", "torch")
-        assert not layer._fast_path_applies(x, offset, None)  # a forced backend is honoured
-    # the training path still gives torchvision's numbers and gradients flow
-    out = layer(x, offset.requires_grad_())
-    out.sum().backward()
-    assert offset.grad is not None and layer.weight.grad is not None
-    _close(out.detach(), torchvision.ops.deform_conv2d(x, offset.detach(), layer.weight.detach(), layer.bias.detach(),
-                                                       padding=1))
 
 
 # ------------------------------------------------------------------ heads
