@@ -26,6 +26,9 @@ UNUSED_CLASS_NAME = "N/A"
 # parameters) make models small enough to train on a CPU and ship in a repository.
 SUPPORTED_BACKBONES = ("test_resnet", "resnet10t", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
+# How the ResNet normalizes: the original's frozen statistics, or trained norms for training from scratch.
+BACKBONE_NORMS = ("frozen_batch_norm", "batch_norm", "group_norm")
+
 # Written into every saved config so that a folder loads with `trust_remote_code=True` where this
 # project is not installed (the code files travel with the weights, as on the Hub).
 REMOTE_CODE_AUTO_MAP = {
@@ -54,9 +57,17 @@ class VisTRConfig(PreTrainedConfig):
             `dilation` when not given.
         num_frames (`int`): frames per clip `T`; the model always runs clips of exactly this length.
         num_queries_per_frame (`int`): instance slots `n` per frame; the model has `T * n` queries.
-        d_model (`int`): transformer width (384 in the paper). Must be a multiple of 384: the 3-D
-            position encoding splits it in three even parts and the mask head's group norms divide
-            `d_model / 16` channels into 8 groups.
+        d_model (`int`): transformer width (384 in the paper). Must be a multiple of 48: the 3-D
+            position encoding splits it in three even parts and the mask head narrows it to
+            `d_model / 16` channels. Each mask-head group norm has gcd(8, its width) groups: 8 for
+            every released width, fewer for narrow models (e.g. 4 groups of 3 for d_model 192).
+        backbone_norm (`str`): normalization in the ResNet. `"frozen_batch_norm"` (the original's, for
+            pretrained or converted weights: fixed statistics), `"batch_norm"` (trained, batch
+            statistics) or `"group_norm"` (trained, 32 groups or fewer; independent of batch size).
+            Training from scratch needs a trained one: frozen norms of a fresh ResNet are identities.
+        backbone_frozen_stages (`int`): leading backbone stages whose weights are not trained, counted as
+            in mmdetection: 1 = the stem and layer1 (the original's), 0 = the stem only, -1 = none
+            (training from scratch), up to 4.
         num_attention_heads, encoder_layers, decoder_layers, ffn_dim, dropout, activation_function,
         pre_norm: the DETR transformer.
         instance_head_channels (`int`): width of the 3-D instance head (12 in the original).
@@ -81,6 +92,8 @@ class VisTRConfig(PreTrainedConfig):
     backbone: str = "resnet50"
     dilation: bool = False
     backbone_config: dict | PreTrainedConfig | None = None
+    backbone_norm: str = "frozen_batch_norm"
+    backbone_frozen_stages: int = 1
     num_channels: int = 3
     num_frames: int = 36
     num_queries_per_frame: int = 10
@@ -147,17 +160,18 @@ class VisTRConfig(PreTrainedConfig):
         problems = []
         if self.backbone not in SUPPORTED_BACKBONES:
             problems.append(f"backbone={self.backbone!r} is not a ResNet; use one of {SUPPORTED_BACKBONES}")
-        if self.d_model <= 0 or self.d_model % 384:
+        if self.d_model <= 0 or self.d_model % 48:
             problems.append(
-                f"d_model={self.d_model} must be a positive multiple of 384 (three equal even parts for "
-                "the time/y/x position encoding, and d_model/16 channels in 8 mask-head groups)"
+                f"d_model={self.d_model} must be a positive multiple of 48 (three equal even parts for "
+                "the time/y/x position encoding, and d_model/16 channels at the end of the mask head)"
             )
         if self.num_attention_heads <= 0 or self.d_model % self.num_attention_heads:
             problems.append(f"d_model={self.d_model} is not divisible by num_attention_heads={self.num_attention_heads}")
-        elif (self.d_model + self.num_attention_heads) % 8:
+        if self.backbone_norm not in BACKBONE_NORMS:
+            problems.append(f"backbone_norm={self.backbone_norm!r} must be one of {BACKBONE_NORMS}")
+        if not -1 <= self.backbone_frozen_stages <= 4:
             problems.append(
-                f"d_model + num_attention_heads = {self.d_model + self.num_attention_heads} must be divisible by "
-                "8 (the mask head's first group norm); choose num_attention_heads as a multiple of 8"
+                f"backbone_frozen_stages={self.backbone_frozen_stages} must be between -1 (train everything) and 4"
             )
         if self.instance_head_groups <= 0 or self.instance_head_channels % self.instance_head_groups:
             problems.append(

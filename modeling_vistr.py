@@ -8,7 +8,8 @@ arithmetic per element is unchanged, so a batch equals its videos run one by one
 Speed (benchmarks/bench_forward.py against the original's control flow): the frozen batch norms
 are folded into the backbone's convolutions (channels-last on CPU); the mask head's first
 convolution takes the encoder memory's share once per frame instead of once per query; on CPU the
-deformable convolution samples with `grid_sample` and the 3-D instance head runs channels-last.
+deformable convolution samples with `grid_sample` (deform_conv.py) and the 3-D instance head runs
+channels-last.
 Each equals the plain computation to round-off (tests/test_modeling_fast_paths.py).
 
 Conventions: `pixel_values` [B, T, 3, H, W], `pixel_mask` [B, T, H, W] with 1 = real pixel;
@@ -18,7 +19,6 @@ queries are frame-major (query `t * n + slot`); the same slot across frames is o
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
@@ -179,21 +179,41 @@ def _fused_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.relu(y.add_(shortcut), inplace=True)
 
 
-class VisTRConvBackbone(nn.Module):
-    """A timm ResNet (through transformers' backbone API) with frozen batch norm, as in DETR.
+def _replace_batch_norm_by_group_norm(module: nn.Module) -> None:
+    """Every BatchNorm2d of `module` becomes a GroupNorm over the same channels (at most 32 groups)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            channels = child.num_features
+            setattr(module, name, nn.GroupNorm(math.gcd(32, channels), channels, eps=child.eps))
+        else:
+            _replace_batch_norm_by_group_norm(child)
 
-    Like the original, the stem and the first stage are not trained.
+
+# The parameter-name prefixes of the backbone's stages, in order: 0 = the stem, then layer1..layer4.
+_BACKBONE_STAGE_PREFIXES = (("conv1.", "bn1."), ("layer1.",), ("layer2.",), ("layer3.",), ("layer4.",))
+
+
+class VisTRConvBackbone(nn.Module):
+    """A timm ResNet (through transformers' backbone API), returning its four stages.
+
+    With the default `backbone_norm="frozen_batch_norm"` this is DETR's backbone for pretrained
+    weights: batch norms with fixed statistics, stem and first stage not trained. Training from
+    scratch uses trained norms (`"batch_norm"`, `"group_norm"`) and `backbone_frozen_stages=-1`.
     """
 
     def __init__(self, config: VisTRConfig):
         super().__init__()
         backbone = load_backbone(config)
         with torch.no_grad():
-            replace_batch_norm(backbone)
+            if config.backbone_norm == "frozen_batch_norm":
+                replace_batch_norm(backbone)
+            elif config.backbone_norm == "group_norm":
+                _replace_batch_norm_by_group_norm(backbone)
         self.channels: list[int] = list(backbone.channels)
         self.model = backbone._backbone
+        frozen = tuple(p for stage in _BACKBONE_STAGE_PREFIXES[: config.backbone_frozen_stages + 1] for p in stage)
         for name, parameter in self.model.named_parameters():
-            if not name.startswith(("layer2", "layer3", "layer4")):
+            if name.startswith(frozen):
                 parameter.requires_grad_(False)
 
     def forward(self, frames: torch.Tensor) -> list[torch.Tensor]:
@@ -559,76 +579,12 @@ class VisTRMHAttentionMap(nn.Module):
         return F.softmax(weights.flatten(2), dim=-1).view_as(weights)
 
 
-# Bytes of one chunk of sampled columns in the CPU inference path of the deformable convolution.
-_DCN_COLUMN_BUDGET_BYTES = 64 << 20
-
-
-class VisTRDeformConv2d(DeformConv2d):
-    """`DeformConv2d` (same parameters, same numbers) with a fast path for CPU inference.
-
-    The PyTorch path of `deform_conv.py` gathers each bilinear corner separately (one index and
-    weight tensor per corner and tap); on CPU, where no gradient is needed, this layer samples
-    the deformed taps with one `F.grid_sample` call (its bilinear, zero-padded sampling is
-    DCNv1's: a corner outside the image counts 0) and applies the weights as one matrix product.
-    Every other case (CUDA/Triton, gradients, half precision, modulation masks, groups, or
-    VISTR_DCN_BACKEND set) is `DeformConv2d`'s own.
-    """
-
-    def _fast_path_applies(self, input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor | None) -> bool:
-        return (
-            input.device.type == "cpu"
-            and input.dtype in (torch.float32, torch.float64)
-            and mask is None
-            and self.groups == 1
-            and self.offset_groups == 1
-            and not os.environ.get("VISTR_DCN_BACKEND", "").strip()
-            and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, offset, self.weight, self.bias)))
-            and input.dim() == 4
-            and offset.dim() == 4
-            and offset.shape[0] == input.shape[0]
-            and offset.shape[1] == 2 * self.kernel_size[0] * self.kernel_size[1]
-            and offset.dtype == input.dtype == self.weight.dtype
-            and input.shape[1] == self.in_channels
-        )
-
-    def forward(self, input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        if not self._fast_path_applies(input, offset, mask):
-            return super().forward(input, offset, mask)
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
-        batch, channels, height, width = input.shape
-        out_h, out_w = offset.shape[-2:]
-        if (out_h, out_w) != ((height + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1):
-            return super().forward(input, offset, mask)  # let DeformConv2d raise its error
-        taps, dtype, device = kh * kw, input.dtype, input.device
-        # Undeformed position of every tap, as grid_sample's normalized coordinate (align_corners=False
-        # reads pixel p at (2p + 1) / size - 1): rows [taps, Ho, 1], columns [taps, 1, Wo]. A deformed
-        # position p + offset is then at that value + offset * 2 / size.
-        tap_rows = (torch.arange(kh, device=device, dtype=dtype) * dh).repeat_interleave(kw)
-        tap_cols = (torch.arange(kw, device=device, dtype=dtype) * dw).repeat(kh)
-        rows = tap_rows[:, None, None] + (torch.arange(out_h, device=device, dtype=dtype) * sh - ph)[None, :, None]
-        cols = tap_cols[:, None, None] + (torch.arange(out_w, device=device, dtype=dtype) * sw - pw)[None, None, :]
-        grid_rows, grid_cols = (rows * 2 + 1) / height - 1, (cols * 2 + 1) / width - 1
-        weight = self.weight.reshape(self.out_channels, channels * taps)  # column index: channel * taps + tap
-        chunk = max(1, _DCN_COLUMN_BUDGET_BYTES // max(1, channels * taps * out_h * out_w * input.element_size()))
-        outputs = []
-        for start in range(0, batch, chunk):
-            stop = min(start + chunk, batch)
-            deform = offset[start:stop].reshape(stop - start, taps, 2, out_h, out_w)  # (dy, dx) per tap
-            grid = torch.stack(  # (x, y) per sampling point
-                (torch.add(grid_cols, deform[:, :, 1], alpha=2 / width), torch.add(grid_rows, deform[:, :, 0], alpha=2 / height)),
-                dim=-1,
-            )
-            columns = F.grid_sample(input[start:stop], grid.view(stop - start, taps * out_h, out_w, 2),
-                                    mode="bilinear", padding_mode="zeros", align_corners=False)
-            # bmm, not matmul: matmul would fold the batch into a transposed copy of the columns
-            outputs.append(torch.bmm(weight.expand(stop - start, -1, -1), columns.view(stop - start, channels * taps, -1)))
-        output = (torch.cat(outputs) if len(outputs) > 1 else outputs[0]).view(batch, self.out_channels, out_h, out_w)
-        return output if self.bias is None else output + self.bias.view(1, -1, 1, 1)
-
-
 class VisTRMaskHeadSmallConv(nn.Module):
     """Per-frame FPN mask head: memory + attention maps, refined with backbone levels 3..1, ending
-    in a deformable 3x3 conv (DCNv1, no bias). Outputs d_model/16 channels at stride 4."""
+    in a deformable 3x3 conv (DCNv1, no bias). Outputs d_model/16 channels at stride 4.
+
+    Group norms have 8 groups as in the original wherever the width allows (every released width),
+    gcd(8, width) for the narrow widths of small models."""
 
     def __init__(self, config: VisTRConfig, fpn_channels: list[int]):
         super().__init__()
@@ -636,16 +592,16 @@ class VisTRMaskHeadSmallConv(nn.Module):
         dim = d + config.num_attention_heads
         widths = [dim, d // 2, d // 4, d // 8, d // 16]
         self.lay1 = nn.Conv2d(dim, dim, 3, padding=1)
-        self.gn1 = nn.GroupNorm(8, dim)
+        self.gn1 = nn.GroupNorm(math.gcd(8, dim), dim)
         self.lay2 = nn.Conv2d(dim, widths[1], 3, padding=1)
-        self.gn2 = nn.GroupNorm(8, widths[1])
+        self.gn2 = nn.GroupNorm(math.gcd(8, widths[1]), widths[1])
         self.lay3 = nn.Conv2d(widths[1], widths[2], 3, padding=1)
-        self.gn3 = nn.GroupNorm(8, widths[2])
+        self.gn3 = nn.GroupNorm(math.gcd(8, widths[2]), widths[2])
         self.lay4 = nn.Conv2d(widths[2], widths[3], 3, padding=1)
-        self.gn4 = nn.GroupNorm(8, widths[3])
+        self.gn4 = nn.GroupNorm(math.gcd(8, widths[3]), widths[3])
         self.conv_offset = nn.Conv2d(widths[3], 2 * 3 * 3, 1)
-        self.dcn = VisTRDeformConv2d(widths[3], widths[4], 3, padding=1, bias=False)
-        self.gn5 = nn.GroupNorm(8, widths[4])
+        self.dcn = DeformConv2d(widths[3], widths[4], 3, padding=1, bias=False)
+        self.gn5 = nn.GroupNorm(math.gcd(8, widths[4]), widths[4])
         # FPN adapters for backbone levels 2, 1, 0 (strides 16, 8, 4)
         self.adapter1 = nn.Conv2d(fpn_channels[2], widths[1], 1)
         self.adapter2 = nn.Conv2d(fpn_channels[1], widths[2], 1)

@@ -48,6 +48,21 @@ STATE_FILE = "training_state.json"
 
 # ------------------------------------------------------------------------------------------------- options
 
+# VisTRConfig fields the command line sets, with the config's own defaults (the released R50 model).
+MODEL_OPTIONS = (
+    ("backbone", str, "timm ResNet"),
+    ("backbone_norm", str, "frozen_batch_norm (the original, for pretrained weights), batch_norm or group_norm"),
+    ("backbone_frozen_stages", int, "1: stem and layer1 not trained (the original); -1: train all (from scratch)"),
+    ("num_frames", int, "frames per clip"),
+    ("num_queries_per_frame", int, "instance slots per frame"),
+    ("d_model", int, "transformer width, a multiple of 48"),
+    ("num_attention_heads", int, "attention heads"),
+    ("encoder_layers", int, "transformer encoder layers"),
+    ("decoder_layers", int, "transformer decoder layers"),
+    ("ffn_dim", int, "feed-forward width"),
+    ("dropout", float, "transformer dropout"),
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -66,12 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = parser.add_argument_group("model")
     model.add_argument("--init-from", help="original VisTR/DETR .pth or a converted folder to start from")
-    model.add_argument("--backbone", default="resnet50")
-    model.add_argument("--num-frames", type=int, default=36)
-    model.add_argument("--num-queries-per-frame", type=int, default=10)
-    model.add_argument("--encoder-layers", type=int, default=6)
-    model.add_argument("--decoder-layers", type=int, default=6)
-    model.add_argument("--ffn-dim", type=int, default=2048)
+    for name, kind, help_text in MODEL_OPTIONS:
+        model.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(VisTRConfig, name), help=help_text)
+    model.add_argument("--pre-norm", action="store_true", help="pre-norm transformer layers (steadier from scratch)")
     model.add_argument("--activation-checkpointing", action="store_true", help="recompute layers in backward")
 
     optim = parser.add_argument_group("optimization")
@@ -81,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--lr-backbone", type=float, default=1e-5)
     optim.add_argument("--weight-decay", type=float, default=1e-4)
     optim.add_argument("--lr-drop", type=int, default=12, help="epochs between StepLR drops (x0.1)")
+    optim.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warmup, in optimizer steps")
     optim.add_argument("--clip-max-norm", type=float, default=0.1)
     optim.add_argument("--batch-size", type=int, default=1, help="clips per device")
     optim.add_argument("--gradient-accumulation-steps", type=int, default=1)
@@ -101,11 +114,28 @@ def build_parser() -> argparse.ArgumentParser:
 def model_config(args: argparse.Namespace, category_names: Mapping[int, str]) -> VisTRConfig:
     """Classes are the data's category ids used as indices (0 unused unless a category has id 0)."""
     id2label = {index: category_names.get(index, "N/A") for index in range(max(category_names) + 1)}
-    return VisTRConfig(
-        backbone=args.backbone, num_frames=args.num_frames, num_queries_per_frame=args.num_queries_per_frame,
-        encoder_layers=args.encoder_layers, decoder_layers=args.decoder_layers, ffn_dim=args.ffn_dim,
-        id2label=id2label,
-    )  # fmt: skip
+    fields = {name: getattr(args, name) for name, _, _ in MODEL_OPTIONS}
+    return VisTRConfig(**fields, pre_norm=args.pre_norm, id2label=id2label)
+
+
+def initialize_no_object_prior(model: VisTRForVideoInstanceSegmentation, object_fraction: float) -> None:
+    """Start the classifier at the data's prior: P(no object) = 1 - object_fraction, the rest uniform.
+
+    RetinaNet's and Deformable DETR's initialisation for a from-scratch detector: without it the first
+    thousands of steps only learn that most slots are empty.
+    """
+    classifier = model.class_labels_classifier
+    classes = classifier.out_features - 1
+    with torch.no_grad():
+        classifier.bias.fill_(math.log(object_fraction / classes))
+        classifier.bias[-1] = math.log(1.0 - object_fraction)
+
+
+def object_fraction(annotations: Mapping, slots_per_frame: int) -> float:
+    """Share of instance slots that hold an object: the data's instances per video over the model's slots."""
+    videos = max(1, len(annotations["videos"]))
+    per_video = len(annotations.get("annotations") or []) / videos
+    return min(0.9, max(0.01, per_video / slots_per_frame))
 
 
 def augmentation_options(args: argparse.Namespace) -> AugmentationOptions:
@@ -150,6 +180,17 @@ def build_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.o
     return torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
 
 
+def learning_rate_schedule(args: argparse.Namespace, steps_per_epoch: int):
+    """Factor of the learning rate after `step` optimizer steps: linear warmup, then the original's StepLR
+    (x0.1 every `lr_drop` epochs)."""
+
+    def factor(step: int) -> float:
+        warmup = min(1.0, (step + 1) / args.warmup_steps) if args.warmup_steps > 0 else 1.0
+        return warmup * 0.1 ** ((step // max(1, steps_per_epoch)) // args.lr_drop)
+
+    return factor
+
+
 # ------------------------------------------------------------------------------------------------- evaluation
 
 
@@ -183,8 +224,13 @@ def evaluate_model(model, processor: VisTRVideoProcessor, rows, annotations: Map
 # ------------------------------------------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, epoch: int, history: list[dict]) -> None:
-    """`accelerator.save_state` into a temporary folder, renamed into place once complete."""
+def save_checkpoint(
+    accelerator: Accelerator, output_dir: Path, step: int, epoch: int, history: list[dict], config, processor
+) -> None:
+    """`accelerator.save_state` into a temporary folder, renamed into place once complete.
+
+    With the model's config and processor beside the weights, a checkpoint folder also loads as a model
+    (`from_pretrained`, `vistr segment --model`), to evaluate or package a run while it trains."""
     final = output_dir / "checkpoints" / f"step-{step:08d}"
     staging = final.with_name(final.name + ".tmp")
     if accelerator.is_main_process and staging.exists():
@@ -193,6 +239,8 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, epoch
     accelerator.save_state(str(staging))
     if accelerator.is_main_process:
         (staging / STATE_FILE).write_text(json.dumps({"step": step, "epoch": epoch, "history": history}))
+        config.save_pretrained(staging)
+        processor.save_pretrained(staging)
         if final.exists():  # the same step saved again (end of training on a checkpointing step)
             shutil.rmtree(final)
         os.replace(staging, final)
@@ -267,6 +315,8 @@ class Run:
         if args.init_from:
             for line in load_initial_weights(self.model, args.init_from):
                 logger.info(f"not initialised from {args.init_from}: {line}")
+        else:
+            initialize_no_object_prior(self.model, object_fraction(self.annotations, self.config.num_queries_per_frame))
         if args.activation_checkpointing:
             self.model.activation_checkpointing_enable()
         options = augmentation_options(args)
@@ -280,7 +330,8 @@ class Run:
         loader = DataLoader(clips, batch_size=args.batch_size, shuffle=True, collate_fn=collate_fn,
                             num_workers=args.num_workers, generator=torch.Generator().manual_seed(args.seed))
         optimizer = build_optimizer(self.model, args)
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.lr_drop)
+        steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_schedule(args, steps_per_epoch))
         self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
             self.model, optimizer, loader, scheduler
         )
@@ -307,6 +358,7 @@ class Run:
             self.optimizer.zero_grad()
         if not self.accelerator.sync_gradients:
             return None
+        self.scheduler.step()
         self.step += 1
         terms = {"loss": outputs.loss.detach()} | {k: v.detach() for k, v in outputs.loss_dict.items()}
         return {name: self.accelerator.reduce(value.float(), reduction="mean").item() for name, value in terms.items()}
@@ -328,11 +380,11 @@ class Run:
             if self.step % self.args.logging_steps == 0:
                 self.accelerator.log(logged | {"lr": self.scheduler.get_last_lr()[0]}, step=self.step)
             if self.step % self.args.checkpointing_steps == 0:
-                save_checkpoint(self.accelerator, self.output_dir, self.step, self.epoch, self.history)
+                save_checkpoint(self.accelerator, self.output_dir, self.step, self.epoch, self.history, self.config,
+                                self.processor)
             if self.finished():
                 return
         self.epoch += 1
-        self.scheduler.step()
 
     def evaluate(self) -> dict[str, float]:
         """Held-out metrics, computed by the main process while the others wait."""
@@ -393,7 +445,7 @@ def train(args: argparse.Namespace) -> Path:
             metrics = run.evaluate()
     if metrics is None:
         metrics = run.evaluate()
-    save_checkpoint(accelerator, run.output_dir, run.step, run.epoch, run.history)
+    save_checkpoint(accelerator, run.output_dir, run.step, run.epoch, run.history, run.config, run.processor)
     folder = run.save_final(metrics)
     if accelerator.is_main_process and args.push_to_hub:
         logger.info(f"uploaded: {push_to_hub(folder, args.push_to_hub)}")

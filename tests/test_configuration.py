@@ -16,6 +16,7 @@ def test_defaults_are_the_released_r50_model():
     assert (config.class_cost, config.bbox_cost, config.giou_cost) == (1, 5, 2)
     assert (config.bbox_loss_coefficient, config.giou_loss_coefficient, config.eos_coefficient) == (5, 2, 0.1)
     assert config.mask_head_channels == 24 and not config.pre_norm and config.auxiliary_loss
+    assert (config.backbone_norm, config.backbone_frozen_stages) == ("frozen_batch_norm", 1)
     assert config.backbone_config.backbone == "resnet50"
     assert list(config.backbone_config.out_indices) == [1, 2, 3, 4]
 
@@ -38,9 +39,12 @@ def test_round_trip_through_auto_config(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"d_model": 256}, "multiple of 384"),
+        ({"d_model": 256}, "multiple of 48"),
+        ({"d_model": 0}, "multiple of 48"),
         ({"num_attention_heads": 7}, "not divisible by num_attention_heads"),
-        ({"num_attention_heads": 12}, "divisible by 8"),
+        ({"backbone_norm": "layer_norm"}, "backbone_norm='layer_norm'"),
+        ({"backbone_frozen_stages": 5}, "backbone_frozen_stages=5"),
+        ({"backbone_frozen_stages": -2}, "backbone_frozen_stages=-2"),
         ({"instance_head_channels": 10}, "instance_head_groups"),
         ({"num_frames": 0}, "num_frames=0"),
         ({"backbone": "vit_base"}, "not a ResNet"),
