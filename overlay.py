@@ -19,15 +19,31 @@ def colour_of(track_id: int) -> tuple[int, int, int]:
     return PALETTE[track_id % len(PALETTE)]
 
 
-def draw_frame(image: Image.Image, instances: Sequence[dict], frame: int, id2label: dict[int, str]) -> Image.Image:
-    """Blend the masks of `frame` onto `image` and write 'label score' at each mask's top-left."""
+def _free_offset(box: tuple[int, int, int, int], taken: list[tuple[int, int, int, int]], height: int) -> int:
+    """Downward shift that moves a caption box off every caption already drawn, while it stays in the image."""
+    left, top, right, bottom = box
+    step, dy = bottom - top + 2, 0
+
+    def overlaps(other):
+        return left < other[2] and other[0] < right and top + dy < other[3] and other[1] < bottom + dy
+
+    while any(overlaps(other) for other in taken) and bottom + dy + step <= height:
+        dy += step
+    return dy
+
+
+def draw_frame(
+    image: Image.Image, instances: Sequence[dict], frame: int, id2label: dict[int, str], threshold: float = 0.0
+) -> Image.Image:
+    """Blend the masks of `frame` onto `image` for the instances scoring at least `threshold`, and write
+    'label score' at each mask's top-left; a caption that would cover another moves below it."""
     from pycocotools import mask as mask_utils
 
     canvas = np.asarray(image.convert("RGB"), dtype=np.float32).copy()
     captions = []
-    for instance in instances:
+    for instance in sorted(instances, key=lambda i: -i["score"]):
         rle = instance["segmentations"][frame]
-        if rle is None:
+        if rle is None or instance["score"] < threshold:
             continue
         mask = mask_utils.decode(rle).astype(bool)
         if not mask.any():
@@ -39,13 +55,21 @@ def draw_frame(image: Image.Image, instances: Sequence[dict], frame: int, id2lab
         captions.append((int(cols.min()), int(rows.min()), f"{name} {instance['score']:.2f}", colour_of(instance["id"])))
     result = Image.fromarray(canvas.round().astype(np.uint8))
     draw = ImageDraw.Draw(result)
+    taken: list[tuple[int, int, int, int]] = []
     for x, y, text, colour in captions:
         left, top, right, bottom = draw.textbbox((x, y), text)
-        draw.rectangle((left - 1, top - 1, right + 1, bottom + 1), fill=colour)
-        draw.text((x, y), text, fill=(255, 255, 255))
+        box = (left - 1, top - 1, right + 1, bottom + 1)
+        dy = _free_offset(box, taken, result.height)
+        box = (box[0], box[1] + dy, box[2], box[3] + dy)
+        taken.append(box)
+        draw.rectangle(box, fill=colour)
+        draw.text((x, y + dy), text, fill=(255, 255, 255))
     return result
 
 
-def overlay_frames(frames: Iterator[Image.Image], instances: Sequence[dict], id2label: dict[int, str]) -> Iterator[Image.Image]:
+def overlay_frames(
+    frames: Iterator[Image.Image], instances: Sequence[dict], id2label: dict[int, str], threshold: float = 0.0
+) -> Iterator[Image.Image]:
+    """The overlay of each frame: instances scoring below `threshold` are left out."""
     for index, image in enumerate(frames):
-        yield draw_frame(image, instances, index, id2label)
+        yield draw_frame(image, instances, index, id2label, threshold)

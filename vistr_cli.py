@@ -2,6 +2,7 @@
 
     vistr convert --checkpoint vistr_r50.pth --output vistr-r50
     vistr inspect vistr-r50
+    vistr segment                      # the bundled model on the bundled sample video -> vistr-output/
     vistr segment video.mp4 --model vistr-r50 --output results.json --overlay overlay.mp4
     vistr segment --annotations valid.json --frames-root valid/JPEGImages --model vistr-r50 --output results.json
     vistr make-synthetic synthetic-vis --videos 200 --seed 0
@@ -43,6 +44,10 @@ def _inspect(args: argparse.Namespace) -> None:
 
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+ASSETS = Path(__file__).resolve().parent / "assets"
+BUNDLED_MODEL = ASSETS / "vistr-tiny-synthetic"
+SAMPLE_VIDEO = ASSETS / "sample.mp4"
+DEFAULT_OUTPUT_DIR = "vistr-output"
 
 
 def _load_for_inference(model_path: str, device: str | None, dtype: str):
@@ -68,15 +73,32 @@ def _load_for_inference(model_path: str, device: str | None, dtype: str):
     return model, processor
 
 
+def _apply_demo_defaults(args: argparse.Namespace) -> None:
+    """Without a model, input or output, `vistr segment` runs the bundled model on the bundled sample video
+    and writes into DEFAULT_OUTPUT_DIR: the first command a new user runs needs no download."""
+    if args.model is None:
+        args.model = str(BUNDLED_MODEL)
+        print(f"model: {BUNDLED_MODEL} (bundled; pass --model for another)")
+    if not args.inputs and args.annotations is None:
+        args.inputs = [str(SAMPLE_VIDEO)]
+        print(f"input: {SAMPLE_VIDEO} (bundled sample video)")
+    if args.output is None and args.annotations is None:
+        args.output = str(Path(DEFAULT_OUTPUT_DIR) / "results.json")
+        args.overlay = args.overlay or str(Path(DEFAULT_OUTPUT_DIR) / "overlay.mp4")
+
+
 def _segment(args: argparse.Namespace) -> None:
     """`vistr segment`: the given videos, or with --annotations a whole YouTube-VIS split."""
+    _apply_demo_defaults(args)
     split_job = args.annotations is not None
+    if split_job and args.output is None:
+        raise YouTubeVISError("with --annotations give --output, the results JSON to write")
     if split_job and (args.inputs or args.overlay or not args.frames_root):
         raise YouTubeVISError("with --annotations give --frames-root and no input videos or --overlay")
     if not split_job and (args.frames_root or args.zip or args.evaluate):
         raise YouTubeVISError("--frames-root, --zip and --evaluate go with --annotations (a YouTube-VIS split)")
-    if not split_job and not args.inputs:
-        raise YouTubeVISError("give video files or frame folders to segment, or --annotations and --frames-root")
+    if not 0.0 <= args.threshold <= 1.0:
+        raise YouTubeVISError(f"--threshold must be between 0 and 1, not {args.threshold}")
     model, processor = _load_for_inference(args.model, args.device, args.dtype)
     if split_job:
         from youtube_vis_inference import run_split
@@ -108,12 +130,24 @@ def _segment_inputs(args: argparse.Namespace, model, processor) -> None:
     with atomic_path(args.output) as temporary:
         temporary.write_text(json.dumps(results))
     for video_id, (source, video) in enumerate(zip(args.inputs, videos), start=1):
-        print(f"video_id {video_id}: {source} ({video['length']} frames, {len(video['instances'])} instances)")
-    print(f"results: {args.output}")
+        _print_found(video_id, source, video, model.config.id2label, args.threshold)
+    print(f"results: {args.output} (every instance slot, as the YouTube-VIS benchmark expects)")
     for source, video, path in zip(args.inputs, videos, _overlay_paths(args.overlay, args.inputs)):
-        frames = overlay_frames(iter_frames(source), video["instances"], model.config.id2label)
+        frames = overlay_frames(iter_frames(source), video["instances"], model.config.id2label, args.threshold)
         write_video(tqdm(frames, total=video["length"], desc=f"overlay {Path(path).name}", leave=False), path, video_fps(source))
         print(f"overlay: {path}")
+
+
+def _print_found(video_id: int, source: str, video: dict, id2label: dict[int, str], threshold: float) -> None:
+    """What the video holds: the instances scoring at least `threshold`, best first."""
+    found = sorted((i for i in video["instances"] if i["score"] >= threshold), key=lambda i: -i["score"])
+    print(f"video_id {video_id}: {source} ({video['length']} frames): {len(found)} instances with score >= "
+          f"{threshold} (of {len(video['instances'])} slots)")
+    for instance in found:
+        frames = sum(rle is not None for rle in instance["segmentations"])
+        name = id2label.get(instance["label"], str(instance["label"]))
+        print(f"  instance {instance['id']}: {name} (label {instance['label']}), score {instance['score']:.3f}, "
+              f"in {frames} frames")
 
 
 def _overlay_paths(overlay: str | None, inputs: list[str]) -> list[Path]:
@@ -146,9 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--frames-root", help="with --annotations: the folder its file_names are relative to")
     segment.add_argument("--zip", help="with --annotations: also write the submission archive (results.json inside)")
     segment.add_argument("--evaluate", action="store_true", help="with --annotations: score the results (needs ground truth)")
-    segment.add_argument("--model", required=True, help="converted or trained model folder, or Hub id")
-    segment.add_argument("--output", required=True, help="results JSON (YouTube-VIS format)")
+    segment.add_argument("--model", help="converted or trained model folder, or Hub id (default: the bundled model)")
+    segment.add_argument("--output", help=f"results JSON (YouTube-VIS format); default {DEFAULT_OUTPUT_DIR}/results.json "
+                                          f"with the overlay {DEFAULT_OUTPUT_DIR}/overlay.mp4")
     segment.add_argument("--overlay", help="overlay video (.gif, .mp4, ...); with several inputs, one file per input")
+    segment.add_argument("--threshold", type=float, default=0.5,
+                         help="score an instance needs to be drawn and listed (the results JSON keeps every slot)")
     segment.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     segment.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     segment.add_argument("--stride", type=int, help="frames between clip starts for long videos (default: 3/4 of a clip)")

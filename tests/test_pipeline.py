@@ -152,7 +152,7 @@ def test_cli_writes_results_and_overlays(fixture_model_folder, parity_inputs, tm
     for index, frame in enumerate(video[:3]):
         Image.fromarray(frame).save(frames / f"{index:05d}.jpg")
     done = run_cli("segment", tmp_path / "clip.mp4", frames, "--model", fixture_model_folder, "--output", tmp_path / "out" / "results.json",
-                   "--overlay", tmp_path / "out" / "overlay.gif", cwd=tmp_path)
+                   "--overlay", tmp_path / "out" / "overlay.gif", "--threshold", "0", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert {r["video_id"] for r in results} == {1, 2}
