@@ -777,7 +777,14 @@ class DeformConv2d(nn.Module):
                 f"offset has {offset.shape[1]} channels but this layer (offset_groups={self.offset_groups}, "
                 f"kernel {self.kernel_size}) needs {2 * self.offset_groups * taps}"
             )
-        return deform_conv2d(input, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask)
+        weight, bias = self.weight, self.bias
+        device_type = input.device.type
+        if torch.is_autocast_enabled(device_type):  # mixed precision: everything in the autocast dtype
+            dtype = torch.get_autocast_dtype(device_type)
+            input, offset, weight = input.to(dtype), offset.to(dtype), weight.to(dtype)
+            bias = None if bias is None else bias.to(dtype)
+            mask = None if mask is None else mask.to(dtype)
+        return deform_conv2d(input, offset, weight, bias, self.stride, self.padding, self.dilation, mask)
 
     def extra_repr(self) -> str:
         return (

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from evaluation_youtube_vis import evaluate, format_summary
+from evaluation_youtube_vis import METRIC_NAMES, evaluate, format_summary
 from pipeline_vistr import VideoSegmenter
 from video_io import VideoReadError, atomic_path
 from youtube_vis import AnnotationError, read_json
@@ -270,7 +270,8 @@ def run_split(
     print(total.table(str(segmenter.device), state.num_processes))
     if not score:
         return None
-    metrics = evaluate(annotations, results)
+    # a model that finds nothing scores zero (the evaluator, like the official one, refuses an empty list)
+    metrics = evaluate(annotations, results) if results else dict.fromkeys(METRIC_NAMES, 0.0)
     print(format_summary(metrics))
     print(json.dumps(metrics))
     return metrics
