@@ -25,6 +25,7 @@ target-only box arithmetic stays in float32 even for a float64 model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -326,15 +327,21 @@ def _layer_losses(logits, boxes, targets, settings, num_boxes, log: bool):
 def vistr_loss(
     logits: Tensor,
     pred_boxes: Tensor,
-    pred_masks: Tensor,
+    pred_masks: Tensor | Callable[[list[tuple[Tensor, Tensor]]], Tensor],
     auxiliary_outputs: list[dict[str, Tensor]] | None,
     labels: list[dict],
     settings: LossSettings,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Weighted total and every term (`loss_ce`, ..., `loss_ce_0`, ...; `*_error` are logged only)."""
+    """Weighted total and every term (`loss_ce`, ..., `loss_ce_0`, ...; `*_error` are logged only).
+
+    `pred_masks` is `[B, T*n, H, W]`, or a function of the matching (`match_sequences`'s indices) that
+    returns them: the matching needs no masks, so a model can compute the masks of matched slots only.
+    """
     targets = prepare_targets(labels, settings.num_frames, logits.shape[0])
     num_boxes = normalizer(targets, logits.device)
     loss_dict, indices = _layer_losses(logits, pred_boxes, targets, settings, num_boxes, log=True)
+    if callable(pred_masks):
+        pred_masks = pred_masks(indices)
     loss_dict.update(mask_losses(pred_masks, targets, indices, num_boxes, settings))
     for layer, outputs in enumerate(auxiliary_outputs or []):
         layer_losses, _ = _layer_losses(outputs["logits"], outputs["pred_boxes"], targets, settings, num_boxes, log=False)

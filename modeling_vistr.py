@@ -82,7 +82,8 @@ class VisTRVideoInstanceSegmentationOutput(ModelOutput):
     pred_boxes (`torch.FloatTensor` of shape `(batch_size, num_frames * num_queries_per_frame, 4)`):
         Boxes `(center_x, center_y, width, height)` normalized by the unpadded frame size.
     pred_masks (`torch.FloatTensor` of shape `(batch_size, num_frames * num_queries_per_frame, H / 4, W / 4)`):
-        Mask logits at stride 4 of the (padded) input.
+        Mask logits at stride 4 of the (padded) input. In training mode with `labels`, only the slots the
+        loss matched are computed (the loss reads no others); the rest are 0.
     auxiliary_outputs (`list[dict]`, *optional*):
         `{"logits", "pred_boxes"}` of every decoder layer but the last, when `config.auxiliary_loss`.
     last_hidden_state, intermediate_hidden_states, encoder_last_hidden_state, encoder_hidden_states,
@@ -698,22 +699,52 @@ class VisTRForVideoInstanceSegmentation(VisTRPreTrainedModel):
         self.instance_head = VisTRInstanceHead(config)
         self.post_init()
 
-    def _predict_masks(self, outputs: VisTRModelOutput) -> torch.Tensor:
-        """All frames and instances at once: the original loops over frames, then over slots."""
+    def _predict_masks(self, outputs: VisTRModelOutput, slots: torch.Tensor | None = None) -> torch.Tensor:
+        """Mask logits [B, T*k, H, W] of the k slots `slots` [B, k] of each video (all n slots by default),
+        frame-major like the queries: row t*k + j is slot slots[b, j] in frame t.
+
+        All frames and instances at once: the original loops over frames, then over slots. Every slot's
+        masks depend on that slot's queries only (its attention maps, per-sample group norms, its own
+        3-D sequence), so a subset of slots gets exactly the masks it gets among all.
+        """
         batch, frames = outputs.memory_padding_mask.shape[:2]
-        slots = self.config.num_queries_per_frame
         h, w = outputs.memory_padding_mask.shape[-2:]
-        flat_frames = batch * frames
-        queries = outputs.last_hidden_state.reshape(flat_frames, slots, -1)
+        queries = outputs.last_hidden_state.view(batch, frames, self.config.num_queries_per_frame, -1)
+        if slots is not None:
+            queries = queries.gather(2, slots[:, None, :, None].expand(-1, frames, -1, queries.shape[-1]))
+        slot_count = queries.shape[2]
         memory = outputs.encoder_last_hidden_state.view(batch, frames, h, w, -1).permute(0, 1, 4, 2, 3).flatten(0, 1)
         padding = outputs.memory_padding_mask.flatten(0, 1)
-        attention_maps = self.bbox_attention(queries, memory, padding)
+        attention_maps = self.bbox_attention(queries.flatten(0, 1), memory, padding)
         fpns = [level.flatten(0, 1) for level in outputs.feature_maps[:3]]
-        frame_masks = self.mask_head(memory, attention_maps, fpns)  # [B*T*n, c, H, W]
-        # one 3-D sequence per instance: [B*n, c, T, H, W]
-        sequences = frame_masks.unflatten(0, (batch, frames, slots)).permute(0, 2, 3, 1, 4, 5).flatten(0, 1)
-        masks = self.instance_head(sequences)  # [B*n, 1, T, H, W]
-        return masks.view(batch, slots, frames, *masks.shape[-2:]).transpose(1, 2).flatten(1, 2)
+        frame_masks = self.mask_head(memory, attention_maps, fpns)  # [B*T*k, c, H, W]
+        # one 3-D sequence per instance: [B*k, c, T, H, W]
+        sequences = frame_masks.unflatten(0, (batch, frames, slot_count)).permute(0, 2, 3, 1, 4, 5).flatten(0, 1)
+        masks = self.instance_head(sequences)  # [B*k, 1, T, H, W]
+        return masks.view(batch, slot_count, frames, *masks.shape[-2:]).transpose(1, 2).flatten(1, 2)
+
+    def _matched_masks(self, outputs: VisTRModelOutput, indices: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """[B, T*n, H, W] with the masks of the matched slots (`match_sequences`'s indices) and zeros elsewhere.
+
+        The loss reads matched slots only, so training computes only those: the mask branch, most of a
+        training step on CPU, then costs in proportion to the instances instead of the slots.
+        """
+        slots = self.config.num_queries_per_frame
+        matched = [torch.unique(query % slots) for query, _ in indices]
+        count = max(1, max(len(m) for m in matched))
+        # pad each video's list to `count` slots; padded entries are computed but never read
+        slot_index = torch.stack([torch.cat([m, m.new_zeros(count - len(m))]) for m in matched])
+        partial = self._predict_masks(outputs, slot_index)
+        batch, frames = outputs.memory_padding_mask.shape[:2]
+        full = partial.new_zeros(batch, frames * slots, *partial.shape[-2:])
+        frame = torch.arange(frames, device=partial.device)
+        for video, video_slots in enumerate(matched):
+            if len(video_slots):
+                position = torch.arange(len(video_slots), device=partial.device)
+                source = (frame[:, None] * count + position).flatten()
+                target = (frame[:, None] * slots + video_slots.to(partial.device)).flatten()
+                full[video, target] = partial[video, source]
+        return full
 
     def forward(
         self,
@@ -732,7 +763,8 @@ class VisTRForVideoInstanceSegmentation(VisTRPreTrainedModel):
         labels (`list[dict]`, *optional*):
             One dict per video for training: `class_labels` `[N]`, `boxes` `[N, T, 4]` (normalized cx, cy,
             w, h), `masks` `[N, T, H, W]` at the padded input size, `valid` `[N, T]` (False where the
-            instance is absent). See `loss_vistr.py`.
+            instance is absent). See `loss_vistr.py`. In training mode the mask branch then runs for
+            the matched slots only.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.vistr(pixel_values, pixel_mask, output_hidden_states=output_hidden_states, return_dict=True)
@@ -741,12 +773,23 @@ class VisTRForVideoInstanceSegmentation(VisTRPreTrainedModel):
         auxiliary_outputs = None
         if self.config.auxiliary_loss:
             auxiliary_outputs = [{"logits": c, "pred_boxes": b} for c, b in zip(logits[:-1], boxes[:-1])]
-        pred_masks = self._predict_masks(outputs)
-        loss = loss_dict = None
-        if labels is not None:
+        loss = loss_dict = pred_masks = None
+        if labels is not None and self.training:
+            # training reads the masks of the matched slots only: compute just those (the others stay 0)
+            def matched_masks(indices):
+                nonlocal pred_masks
+                pred_masks = self._matched_masks(outputs, indices)
+                return pred_masks
+
             loss, loss_dict = vistr_loss(
-                logits[-1], boxes[-1], pred_masks, auxiliary_outputs, labels, LossSettings.from_config(self.config)
+                logits[-1], boxes[-1], matched_masks, auxiliary_outputs, labels, LossSettings.from_config(self.config)
             )
+        else:
+            pred_masks = self._predict_masks(outputs)
+            if labels is not None:
+                loss, loss_dict = vistr_loss(
+                    logits[-1], boxes[-1], pred_masks, auxiliary_outputs, labels, LossSettings.from_config(self.config)
+                )
         result = VisTRVideoInstanceSegmentationOutput(
             loss=loss,
             loss_dict=loss_dict,

@@ -4,11 +4,12 @@ One step = forward with labels, backward, gradient clipping, AdamW step, on a ba
 (4 clips of 5 frames at 128 x 160, two instances each). Variants, timed alternately so that load from
 other processes hits them alike (medians of --repeats steps each, after one warm-up step):
 
-- `gather DCN (before)`: the deformable convolution's corner-by-corner gather path
-  (`VISTR_DCN_BACKEND=torch`), which was the only CPU training path before the grid-sample path;
-- `grid-sample DCN`: today's default CPU path (`deform_conv._grid_sample_deform_conv`);
-- `grid-sample DCN, bf16 autocast`: the same under `torch.autocast("cpu", torch.bfloat16)`, what
-  `--mixed-precision bf16` does on a CPU (AMX where the CPU has it).
+- `before`: the training step as it was: the deformable convolution's corner-by-corner gather path
+  (`VISTR_DCN_BACKEND=torch`) and the mask branch run for every slot;
+- `grid-sample DCN`: the grid-sample CPU path (`deform_conv._grid_sample_deform_conv`), every slot;
+- `+ matched slots only`: today's default: the mask branch runs for the slots the loss matched;
+- `+ bf16 autocast`: the same under `torch.autocast("cpu", torch.bfloat16)`, what `--mixed-precision bf16`
+  does on a CPU (AMX where the CPU has it).
 
 The loss of the first step is printed for each variant (same weights and batch), so bf16's effect on
 the loss shows next to its speed.
@@ -65,8 +66,10 @@ def training_batch(config: VisTRConfig, batch: int, height: int, width: int) -> 
 
 
 class Variant:
-    def __init__(self, name: str, model, dcn_backend: str | None, autocast: bool):
+    def __init__(self, name: str, model, dcn_backend: str | None, autocast: bool, every_slot: bool):
         self.name, self.model, self.dcn_backend, self.autocast = name, model, dcn_backend, autocast
+        if every_slot:  # the loss gets every slot's masks, as before
+            model._matched_masks = lambda outputs, indices: model._predict_masks(outputs)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         self.times: list[float] = []
         self.first_loss: float | None = None
@@ -107,9 +110,10 @@ def main() -> None:
     torch.manual_seed(0)
     base = VisTRForVideoInstanceSegmentation(config).train()
     variants = [
-        Variant("gather DCN (before)", copy.deepcopy(base), "torch", False),
-        Variant("grid-sample DCN", copy.deepcopy(base), None, False),
-        Variant("grid-sample DCN, bf16 autocast", copy.deepcopy(base), None, True),
+        Variant("before (gather DCN, every slot's masks)", copy.deepcopy(base), "torch", False, True),
+        Variant("grid-sample DCN", copy.deepcopy(base), None, False, True),
+        Variant("+ matched slots only (default)", copy.deepcopy(base), None, False, False),
+        Variant("+ bf16 autocast", copy.deepcopy(base), None, True, False),
     ]
     pixel_values, labels = training_batch(config, args.batch, args.height, args.width)
     for variant in variants:  # warm-up, and the first-step loss of identical weights

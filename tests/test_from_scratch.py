@@ -109,3 +109,36 @@ def test_mask_head_groups_follow_the_width(d_model, heads, expected_groups):
     norms = [head.gn1, head.gn2, head.gn3, head.gn4, head.gn5]
     assert [n.num_channels for n in norms] == [d_model + heads, d_model // 2, d_model // 4, d_model // 8, d_model // 16]
     assert [n.num_groups for n in norms] == expected_groups
+
+
+def test_training_computes_the_masks_of_matched_slots_only_with_the_same_loss_and_gradients():
+    """Loss and every gradient equal the full mask computation's (float64), while fewer slots run the mask head."""
+    config = small_config(backbone_norm="group_norm", backbone_frozen_stages=-1, num_queries_per_frame=4, dropout=0.0)
+    torch.manual_seed(0)
+    model = VisTRForVideoInstanceSegmentation(config).double().train()
+    pixel_values, labels = training_batch(config)
+    labels[1] = {key: value[:1] for key, value in labels[1].items()}  # videos with 2 and 1 instances
+    pixel_values = pixel_values.double()
+    labels = [{k: v.double() if v.is_floating_point() else v for k, v in label.items()} for label in labels]
+
+    head_batches = []
+    hook = model.instance_head.register_forward_pre_hook(lambda module, args: head_batches.append(args[0].shape[0]))
+    fast = model(pixel_values=pixel_values, labels=labels)
+    fast.loss.backward()
+    fast_grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    hook.remove()
+    assert head_batches == [2 * 2]  # 2 videos x 2 matched slots (the 1-instance video padded), not 2 x 4
+
+    model.zero_grad()
+    model.eval()  # the full computation; dropout is 0 and group norms have no running state
+    full = model(pixel_values=pixel_values, labels=labels)
+    full.loss.backward()
+    assert torch.allclose(fast.loss, full.loss, rtol=1e-12, atol=0)
+    for name, value in full.loss_dict.items():
+        assert torch.allclose(fast.loss_dict[name], value, rtol=1e-10, atol=1e-12), name
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            assert torch.allclose(fast_grads[name], p.grad, rtol=1e-8, atol=1e-12), name
+    matched = fast.pred_masks.flatten(2).abs().sum(-1) > 0  # [B, T*n]: the rows that were computed
+    assert torch.equal(fast.pred_masks[matched], full.pred_masks[matched])
+    assert matched.sum(1).tolist() == [2 * config.num_frames, 1 * config.num_frames]
