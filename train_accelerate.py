@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, kind, help_text in MODEL_OPTIONS:
         model.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(VisTRConfig, name), help=help_text)
     model.add_argument("--pre-norm", action="store_true", help="pre-norm transformer layers (steadier from scratch)")
+    model.add_argument("--dilation", action="store_true", help="DC5: last ResNet stage dilated, stride 16 features")
     model.add_argument("--activation-checkpointing", action="store_true", help="recompute layers in backward")
 
     optim = parser.add_argument_group("optimization")
@@ -115,7 +116,7 @@ def model_config(args: argparse.Namespace, category_names: Mapping[int, str]) ->
     """Classes are the data's category ids used as indices (0 unused unless a category has id 0)."""
     id2label = {index: category_names.get(index, "N/A") for index in range(max(category_names) + 1)}
     fields = {name: getattr(args, name) for name, _, _ in MODEL_OPTIONS}
-    return VisTRConfig(**fields, pre_norm=args.pre_norm, id2label=id2label)
+    return VisTRConfig(**fields, pre_norm=args.pre_norm, dilation=args.dilation, id2label=id2label)
 
 
 def initialize_no_object_prior(model: VisTRForVideoInstanceSegmentation, object_fraction: float) -> None:
