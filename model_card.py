@@ -8,14 +8,25 @@ data), what it scores when that is known, how to load it and what it is not for.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
+from transformers.utils import CONFIG_NAME, VIDEO_PROCESSOR_NAME
+
+# Relative imports of a model file's modules travel with it: every `save_pretrained` of the model (and the
+# Hub's remote-code loader) takes the pipeline's and the processor's code along, so its folder always holds them.
+try:  # sibling modules of a package: Hub remote code (`trust_remote_code=True`)
+    from .image_processing_vistr import processor_for_model
+    from .pipeline_vistr import CUSTOM_PIPELINES, TASK
+except ImportError:  # top-level modules: this project installed with pip
+    from image_processing_vistr import processor_for_model
+    from pipeline_vistr import CUSTOM_PIPELINES, TASK
 
 PAPER = "https://arxiv.org/abs/2011.14503"
-TAGS = ["video-instance-segmentation", "vistr", "transformers"]
+TAGS = [TASK, "vistr", "transformers"]
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -88,11 +99,19 @@ Hugging Face transformers: {_architecture(config)}.
 ## How to use
 
 ```python
-from transformers import AutoModelForInstanceSegmentation, pipeline
+import torch
+from transformers import AutoModelForInstanceSegmentation, AutoVideoProcessor, pipeline
 
+segmenter = pipeline("{TASK}", model="{name}", trust_remote_code=True)
+instances = segmenter("video.mp4", threshold=0.5)   # id, score, label, label_name and per-frame masks
+
+# step by step, for a video of any length (clips of {config.num_frames} frames, stitched back together):
 model = AutoModelForInstanceSegmentation.from_pretrained("{name}", trust_remote_code=True).eval()
-segmenter = pipeline("video-instance-segmentation", model="{name}", trust_remote_code=True)
-instances = segmenter("video.mp4")   # label, score and per-frame masks of every instance
+processor = AutoVideoProcessor.from_pretrained("{name}", trust_remote_code=True)
+inputs = processor("video.mp4", return_tensors="pt")
+with torch.no_grad():
+    outputs = model(**inputs)
+instances = processor.post_process_instance_segmentation(outputs, clip_layout=inputs, id2label=model.config.id2label)[0]
 ```
 
 or from the command line: `vistr segment video.mp4 --model {name} --output results.json --overlay overlay.mp4`.
@@ -121,13 +140,28 @@ def save_model_card(folder: str | os.PathLike, card: ModelCard) -> Path:
 
 
 def save_default_model_card(folder: str | os.PathLike, config) -> None:
-    """Write a card where none exists yet (`save_pretrained`); a card written by the converter or the
-    trainer, which know the provenance, is kept."""
-    if (Path(folder) / "README.md").exists():
+    """Complete a folder the model's `save_pretrained` wrote, so that it loads anywhere with the Auto classes
+    and `pipeline(..., trust_remote_code=True)`: the pipeline entry in its config (the code came along), the
+    default video processor for the model and a card where the folder has none. A processor or card written
+    by the user, the converter or the trainer (which know the provenance) is kept."""
+    folder = Path(folder)
+    _add_pipeline_entry(folder / CONFIG_NAME)
+    if not (folder / VIDEO_PROCESSOR_NAME).exists():
+        processor_for_model(config).save_pretrained(folder)
+    if (folder / "README.md").exists():
         return
     source = getattr(config, "_name_or_path", "") or "weights created in Python"
     provenance = f"Saved with `save_pretrained`; loaded from or initialised as: `{source}`."
-    save_model_card(folder, build_model_card(config, name=Path(folder).name, provenance=provenance))
+    save_model_card(folder, build_model_card(config, name=folder.name, provenance=provenance))
+
+
+def _add_pipeline_entry(config_file: Path) -> None:
+    """`custom_pipelines` in a saved config, as `Pipeline.save_pretrained` writes it, where it is missing."""
+    settings = json.loads(config_file.read_text())
+    pipelines = settings.get("custom_pipelines") or {}
+    if TASK not in pipelines:
+        settings["custom_pipelines"] = {**pipelines, **CUSTOM_PIPELINES}
+        config_file.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
 
 def push_to_hub(folder: str | os.PathLike, repo_id: str, api=None, private: bool = False) -> str:

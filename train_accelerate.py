@@ -210,12 +210,7 @@ def evaluate_model(model, processor: VisTRVideoProcessor, rows, annotations: Map
     segmenter = VideoSegmenter(model.eval(), processor)
     results = []
     for row in tqdm(rows, desc="evaluating", unit="video", disable=disable_progress):
-        video = segmenter(row["frames"])
-        results.extend(
-            {"video_id": row["video_id"], "score": inst["score"], "category_id": inst["label"],
-             "segmentations": inst["segmentations"]}
-            for inst in video["instances"]
-        )  # fmt: skip
+        results.extend(processor.to_youtube_vis_results([segmenter(row["frames"])["instances"]], [row["video_id"]]))
     model.train()
     if not results:  # nothing detected yet (early training): the evaluator refuses an empty results list
         return dict.fromkeys(METRIC_NAMES, 0.0)

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 FRAME_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+CHANNEL_COUNTS = (1, 3, 4)  # grayscale, RGB, RGBA
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
 
 
@@ -77,23 +78,37 @@ def _iter_frame_folder(files: list[Path]) -> Iterator[Image.Image]:
         yield _open_image(path)
 
 
-def _iter_array(video) -> Iterator[Image.Image]:
+def _channels_last(array: np.ndarray, channels_first: bool | None) -> np.ndarray:
+    """A frame [C, H, W] or video [T, C, H, W] -> channels last. `channels_first` None: inferred as transformers
+    does, channels first when that axis has 1, 3 or 4 entries and the last axis has not."""
+    if channels_first is None:
+        channels_first = array.shape[-3] in CHANNEL_COUNTS and array.shape[-1] not in CHANNEL_COUNTS
+    return np.moveaxis(array, -3, -1) if channels_first else array
+
+
+def _iter_array(video, channels_first: bool | None = None) -> Iterator[Image.Image]:
     array = np.asarray(video.cpu() if hasattr(video, "cpu") else video)
     if array.ndim == 3:  # [T, H, W] grayscale
         array = array[..., None]
-    if array.ndim != 4 or array.shape[-1] not in (1, 3, 4):
-        raise VideoReadError(f"a video array must be [T, H, W, C] with C in 1, 3 or 4, got shape {list(array.shape)}")
+    elif array.ndim == 4:
+        array = _channels_last(array, channels_first)
+    if array.ndim != 4 or array.shape[-1] not in CHANNEL_COUNTS:
+        raise VideoReadError(
+            f"a video array must be [T, H, W, C] or [T, C, H, W] with C in 1, 3 or 4, got shape {list(array.shape)}"
+        )
     if len(array) == 0:
         raise VideoReadError("the video array has no frames")
     for frame in array:
-        yield frame_to_image(frame)
+        yield frame_to_image(frame, channels_first=False)
 
 
-def frame_to_image(frame) -> Image.Image:
-    """A PIL image or an [H, W], [H, W, C] uint8 (or 0..1 float) array -> PIL image."""
+def frame_to_image(frame, channels_first: bool | None = None) -> Image.Image:
+    """A PIL image or an [H, W], [H, W, C] or [C, H, W] uint8 (or 0..1 float) array -> PIL image."""
     if isinstance(frame, Image.Image):
         return frame
     array = np.asarray(frame.cpu() if hasattr(frame, "cpu") else frame)
+    if array.ndim == 3:
+        array = _channels_last(array, channels_first)
     if array.dtype != np.uint8:
         if np.issubdtype(array.dtype, np.floating) and array.size and array.max() <= 1.0:
             array = array * 255.0
@@ -101,7 +116,7 @@ def frame_to_image(frame) -> Image.Image:
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
-        raise VideoReadError(f"a frame must be [H, W] or [H, W, 3|4], got shape {list(array.shape)}")
+        raise VideoReadError(f"a frame must be [H, W], [H, W, 3|4] or [3|4, H, W], got shape {list(array.shape)}")
     return Image.fromarray(array)
 
 
@@ -109,11 +124,11 @@ def is_video_path(source) -> bool:
     return isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() in VIDEO_EXTENSIONS
 
 
-def iter_frames(source) -> Iterator[Image.Image]:
+def iter_frames(source, channels_first: bool | None = None) -> Iterator[Image.Image]:
     """Yield the frames of `source` as PIL images (mode as stored), one at a time.
 
     `source`: a video file, a folder of frames, a list of frame files (in that order), a list of PIL images /
-    arrays, or a [T, H, W, C] array or tensor.
+    arrays, or a [T, H, W, C] or [T, C, H, W] array or tensor (`channels_first`: which, None to infer it).
     """
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
@@ -129,8 +144,8 @@ def iter_frames(source) -> Iterator[Image.Image]:
             raise VideoReadError("the video is an empty list of frames")
         if all(isinstance(frame, (str, os.PathLike)) for frame in source):
             return _iter_frame_folder([Path(frame) for frame in source])
-        return (frame_to_image(frame) for frame in source)
-    return _iter_array(source)
+        return (frame_to_image(frame, channels_first) for frame in source)
+    return _iter_array(source, channels_first)
 
 
 def describe(source) -> str:

@@ -12,7 +12,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+from functools import partial
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import convert_checkpoint
@@ -22,14 +25,42 @@ from video_io import VideoReadError
 from youtube_vis import YouTubeVISError
 
 
-def _inspect(args: argparse.Namespace) -> None:
-    """Load a converted folder through the Auto classes and run one random clip through it."""
-    import torch
+class ModelNotFoundError(ValueError):
+    """A --model that is neither a model folder nor a reachable Hub id."""
+
+
+def _load_model(model_path: str, **kwargs):
+    """The model of a folder or Hub id through the Auto class; one line naming the problem if there is none."""
     from transformers import AutoModelForInstanceSegmentation
 
     import modeling_vistr  # noqa: F401  (registers VisTR with the Auto classes)
 
-    model = AutoModelForInstanceSegmentation.from_pretrained(args.model).eval()
+    path = Path(model_path)
+    looks_local = path.is_absolute() or model_path.startswith(".") or model_path.count("/") > 1
+    if not path.is_dir() and looks_local:
+        raise ModelNotFoundError(
+            f"--model {model_path}: no such folder; pass a folder written by `vistr convert` or training"
+        )
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)  # its retry messages would bury the one line below
+    try:
+        return AutoModelForInstanceSegmentation.from_pretrained(model_path, **kwargs)
+    except OSError as error:
+        reason = str(error).strip().splitlines()[0]
+        raise ModelNotFoundError(
+            f"--model {model_path}: neither a model folder nor a reachable Hub model id ({reason}); pass a folder "
+            "written by `vistr convert` or training, or a Hub id such as user/vistr-r50 (with network access)"
+        ) from None
+    finally:
+        hub_logger.setLevel(level)
+
+
+def _inspect(args: argparse.Namespace) -> None:
+    """Load a converted folder through the Auto classes and run one random clip through it."""
+    import torch
+
+    model = _load_model(args.model).eval()
     config = model.config
     generator = torch.Generator().manual_seed(0)
     clip = torch.randn(1, config.num_frames, 3, args.height, args.width, generator=generator)
@@ -53,9 +84,8 @@ DEFAULT_OUTPUT_DIR = "vistr-output"
 def _load_for_inference(model_path: str, device: str | None, dtype: str):
     """Model (eval, on device, in dtype) and its video processor (the default one if the folder has none)."""
     import torch
-    from transformers import AutoModelForInstanceSegmentation, AutoVideoProcessor
+    from transformers import AutoVideoProcessor
 
-    import modeling_vistr  # noqa: F401  (registers VisTR with the Auto classes)
     from image_processing_vistr import VisTRVideoProcessor
 
     from accelerate import PartialState
@@ -64,7 +94,7 @@ def _load_for_inference(model_path: str, device: str | None, dtype: str):
     use_cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
     state = PartialState(cpu=use_cpu)  # created before anything else asks for it, so the flag holds
     device = device or state.device
-    model = AutoModelForInstanceSegmentation.from_pretrained(model_path, dtype=getattr(torch, DTYPES[dtype]))
+    model = _load_model(model_path, dtype=getattr(torch, DTYPES[dtype]))
     model = model.to(device).eval()
     try:
         processor = AutoVideoProcessor.from_pretrained(model_path)
@@ -160,9 +190,29 @@ def _overlay_paths(overlay: str | None, inputs: list[str]) -> list[Path]:
     return [overlay.with_name(f"{overlay.stem}-{Path(source).stem}{overlay.suffix}") for source in inputs]
 
 
+class _DefaultsHelpFormatter(argparse.HelpFormatter):
+    """`--help` shows each option's default, unless it has none or its help text already names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _version() -> str:
+    try:
+        return version("vistr-hf")
+    except PackageNotFoundError:  # run from a checkout that is not installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vistr", description="VisTR video instance segmentation")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="vistr", description="VisTR video instance segmentation",
+                                     formatter_class=_DefaultsHelpFormatter)  # fmt: skip
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub_parser = partial(argparse.ArgumentParser, formatter_class=_DefaultsHelpFormatter)  # their --help shows defaults
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=sub_parser)
 
     convert = commands.add_parser("convert", help="convert an original VisTR .pth checkpoint")
     convert_checkpoint.add_arguments(convert)
@@ -170,8 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     inspect = commands.add_parser("inspect", help="load a converted model and print its output shapes")
     inspect.add_argument("model", help="converted model folder or Hub id")
-    inspect.add_argument("--height", type=int, default=128)
-    inspect.add_argument("--width", type=int, default=160)
+    inspect.add_argument("--height", type=int, default=128, help="height of the random test clip")
+    inspect.add_argument("--width", type=int, default=160, help="width of the random test clip")
     inspect.set_defaults(handler=_inspect)
 
     segment = commands.add_parser("segment", help="segment videos or frame folders; write YouTube-VIS results and overlays")
@@ -187,9 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--threshold", type=float, default=0.5,
                          help="score an instance needs to be drawn and listed (the results JSON keeps every slot)")
     segment.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    segment.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    segment.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="precision the model runs in")
     segment.add_argument("--stride", type=int, help="frames between clip starts for long videos (default: 3/4 of a clip)")
-    segment.add_argument("--mask-threshold", type=float, default=0.5)
+    segment.add_argument("--mask-threshold", type=float, default=0.5, help="mask probability a pixel needs")
     segment.set_defaults(handler=_segment)
 
     synthetic = commands.add_parser("make-synthetic", help="write a synthetic YouTube-VIS folder (frames + annotations)")
@@ -206,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)
-    except (convert_checkpoint.ConversionError, VideoReadError, YouTubeVISError) as error:
+    except (convert_checkpoint.ConversionError, ModelNotFoundError, VideoReadError, YouTubeVISError) as error:
         sys.exit(f"error: {error}")
 
 

@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from evaluation_youtube_vis import METRIC_NAMES, evaluate, format_summary
+from image_processing_vistr import VisTRVideoProcessor
 from pipeline_vistr import VideoSegmenter
 from video_io import VideoReadError, atomic_path
 from youtube_vis import AnnotationError, read_json
@@ -186,10 +187,8 @@ def peak_memory_mib(device: torch.device) -> float:
 
 
 def video_results(video_id, segmented: Mapping) -> list[dict]:
-    return [
-        {"video_id": video_id, "score": inst["score"], "category_id": inst["label"], "segmentations": inst["segmentations"]}
-        for inst in segmented["instances"]
-    ]
+    """One segmented video (`VideoSegmenter`) -> its entries of the YouTube-VIS results file."""
+    return VisTRVideoProcessor.to_youtube_vis_results([segmented["instances"]], [video_id])
 
 
 def segment_videos(segmenter: VideoSegmenter, videos: Sequence[Mapping], frames_root: Path, parts: PartsFolder,

@@ -23,7 +23,7 @@ class Outputs:
 
 
 def test_preprocessing_equals_the_original(parity_inputs):
-    processor = VisTRVideoProcessor()
+    processor = VisTRVideoProcessor(num_frames=4)  # the tiny model's clip: the 4 frames as they are
     batch = processor(videos=[parity_inputs["raw_video_uint8"]], size=PARITY_SIZE, return_tensors="pt")
     assert batch["pixel_values"].shape == (1, 4, 3, 128, 160)
     assert (batch["pixel_values"][0] - parity_inputs["pixel_values"]).abs().max() <= 1e-6
@@ -33,7 +33,8 @@ def test_preprocessing_equals_the_original(parity_inputs):
 def test_fast_resize_backend_is_close_but_not_the_default(parity_inputs):
     """Tensor resizing differs from PIL's by a few 1e-3, which is why the exact PIL path is the default."""
     assert VisTRVideoProcessor().resize_backend == "pil"
-    fast = VisTRVideoProcessor(resize_backend="torchvision")(videos=[parity_inputs["raw_video_uint8"]], size=PARITY_SIZE)
+    fast_processor = VisTRVideoProcessor(resize_backend="torchvision", num_frames=4)
+    fast = fast_processor(videos=[parity_inputs["raw_video_uint8"]], size=PARITY_SIZE)
     difference = (fast["pixel_values"][0] - parity_inputs["pixel_values"]).abs()
     assert 1e-6 < difference.max() < 0.1 and difference.mean() < 5e-3
 
@@ -50,7 +51,7 @@ def test_post_processing_reproduces_the_original_results_json(parity_dir, refere
     first = processed[0][0]
     assert first["masks"].shape == (4, 200, 250) and first["masks"].dtype == torch.bool
     frame_scores = torch.tensor([i["frame_scores"] for i in processed[0]], dtype=torch.float64).T
-    expected_scores = reference["postprocess.frame_scores"][:, [i["slot"] for i in processed[0]]]
+    expected_scores = reference["postprocess.frame_scores"][:, [i["id"] for i in processed[0]]]
     assert (frame_scores - expected_scores).abs().max() <= 1e-12
 
 
@@ -84,9 +85,9 @@ def test_resized_size_follows_the_original_rule():
 def test_grayscale_rgba_and_odd_sizes(mode):
     rng = np.random.default_rng(0)
     frames = [Image.fromarray(rng.integers(0, 255, (37, 51, 3), dtype=np.uint8)).convert(mode) for _ in range(3)]
-    batch = VisTRVideoProcessor()(videos=frames, size={"shortest_edge": 30})
+    batch = VisTRVideoProcessor(num_frames=3)(videos=frames, size={"shortest_edge": 30})
     assert batch["pixel_values"].shape == (1, 3, 3, 30, 41)
-    rgb = VisTRVideoProcessor()(videos=[f.convert("RGB") for f in frames], size={"shortest_edge": 30})
+    rgb = VisTRVideoProcessor(num_frames=3)(videos=[f.convert("RGB") for f in frames], size={"shortest_edge": 30})
     if mode == "RGBA":
         assert torch.equal(batch["pixel_values"], rgb["pixel_values"])
 
@@ -94,7 +95,7 @@ def test_grayscale_rgba_and_odd_sizes(mode):
 def test_a_batch_of_different_sizes_is_padded_with_a_mask():
     small = np.zeros((2, 40, 60, 3), dtype=np.uint8)
     large = np.full((2, 60, 80, 3), 255, dtype=np.uint8)
-    batch = VisTRVideoProcessor()(videos=[small, large], size={"shortest_edge": 40})
+    batch = VisTRVideoProcessor(num_frames=2)(videos=[small, large], size={"shortest_edge": 40})
     assert batch["pixel_values"].shape == (2, 2, 3, 40, 60)  # 40x60 stays, 60x80 becomes 40x53
     assert batch["pixel_mask"][0].all() and batch["pixel_mask"][1].sum() == 2 * 40 * 53
     assert (batch["pixel_values"][1, :, :, :, 53:] == 0).all() and (batch["pixel_mask"][1, :, :, 53:] == 0).all()

@@ -108,9 +108,9 @@ def test_post_processing_of_a_float32_clip_equals_the_plain_computation(referenc
     scores, labels = processor.frame_class_scores(logits[0], 4)
     binary = plain_masks(masks[0].view(4, 10, *masks.shape[-2:]), (200, 250), 0.5)
     kept = [slot for slot in range(10) if binary[:, slot].any()]
-    assert [instance["slot"] for instance in processed[0]] == kept
+    assert [instance["id"] for instance in processed[0]] == kept
     for instance in processed[0]:
-        assert torch.equal(instance["masks"], binary[:, instance["slot"]])
+        assert torch.equal(instance["masks"], binary[:, instance["id"]])
     results = processor.to_youtube_vis_results(processed, video_ids=[1])
     plain = [{"video_id": 1, "score": float(scores[:, s].mean()), "category_id": processor.majority_label(labels[:, s]),
               "segmentations": [None if scores[t, s] < ip.MIN_FRAME_SCORE else encode_rle(binary[t, s]) for t in range(4)]}

@@ -42,7 +42,7 @@ SCRIPT = textwrap.dedent(
         out = model(inputs["padded_small_pixel_values"].double()[None], (~inputs["padded_small_pixel_mask"]).long()[None])
     processor = AutoVideoProcessor.from_pretrained(folder, trust_remote_code=True)
     segment = pipeline("video-instance-segmentation", model=folder, trust_remote_code=True)
-    instances = segment(inputs["raw_video_uint8"].numpy()[:2])
+    instances = segment(inputs["raw_video_uint8"].numpy()[:2], threshold=0.0)
     print(json.dumps({
         "processor": type(processor).__name__,
         "pipeline": type(segment).__name__,
