@@ -30,7 +30,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 LOSS_KEYS = ("loss_ce", "loss_bbox", "loss_giou", "loss_mask", "loss_dice")
@@ -180,6 +179,13 @@ def sequence_cost_matrix(logits: Tensor, boxes: Tensor, targets: VideoTargets, s
     return settings.class_cost * class_cost + settings.bbox_cost * bbox_cost + settings.giou_cost * iou_cost
 
 
+def _linear_sum_assignment(cost: Tensor) -> tuple:
+    """scipy's Hungarian solver, imported here: inference (which computes no loss) needs no scipy."""
+    from scipy.optimize import linear_sum_assignment
+
+    return linear_sum_assignment(cost)
+
+
 @torch.no_grad()
 def match_sequences(
     logits: Tensor, boxes: Tensor, targets: list[VideoTargets], settings: LossSettings
@@ -196,7 +202,7 @@ def match_sequences(
             indices.append((empty, empty))
             continue
         cost = sequence_cost_matrix(logits[video], boxes[video], video_targets, settings)
-        slot_ids, instance_ids = linear_sum_assignment(cost.cpu())
+        slot_ids, instance_ids = _linear_sum_assignment(cost.cpu())
         slot_ids = torch.as_tensor(slot_ids, dtype=torch.long, device=logits.device)
         instance_ids = torch.as_tensor(instance_ids, dtype=torch.long, device=logits.device)
         visible = video_targets.valid[instance_ids].to(logits.device)  # [pairs, T]
@@ -351,4 +357,26 @@ def vistr_loss(
     return total, loss_dict
 
 
-__all__ = ["LossSettings", "VideoTargets", "match_sequences", "prepare_targets", "sequence_cost_matrix", "vistr_loss"]
+def ForVideoInstanceSegmentationLoss(
+    logits: Tensor,
+    pred_boxes: Tensor,
+    pred_masks: Tensor | Callable[[list[tuple[Tensor, Tensor]]], Tensor],
+    auxiliary_outputs: list[dict[str, Tensor]] | None,
+    labels: list[dict],
+    config,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """`vistr_loss` with the settings of a `VisTRConfig`: the form `PreTrainedModel.loss_function` is called in
+    (transformers' losses take the config, as `ForObjectDetectionLoss`); registered in `LOSS_MAPPING` by
+    `modeling_vistr.py` under the model's class name."""
+    return vistr_loss(logits, pred_boxes, pred_masks, auxiliary_outputs, labels, LossSettings.from_config(config))
+
+
+__all__ = [
+    "ForVideoInstanceSegmentationLoss",
+    "LossSettings",
+    "VideoTargets",
+    "match_sequences",
+    "prepare_targets",
+    "sequence_cost_matrix",
+    "vistr_loss",
+]

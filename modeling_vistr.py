@@ -19,6 +19,7 @@ queries are frame-major (query `t * n + slot`); the same slot across frames is o
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -26,20 +27,26 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, AutoModelForInstanceSegmentation, PreTrainedModel
 from transformers import initialization as init
+from transformers.activations import ACT2FN
 from transformers.backbone_utils import load_backbone
+from transformers.loss.loss_utils import LOSS_MAPPING
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.models.detr.modeling_detr import DetrFrozenBatchNorm2d, replace_batch_norm
-from transformers.utils import ModelOutput
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.detr.modeling_detr import DetrFrozenBatchNorm2d, eager_attention_forward, replace_batch_norm
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 try:  # sibling modules of a package: Hub remote code (`trust_remote_code=True`)
     from .configuration_vistr import VisTRConfig
     from .deform_conv import DeformConv2d
-    from .loss_vistr import LossSettings, vistr_loss
+    from .loss_vistr import ForVideoInstanceSegmentationLoss
     from .model_card import save_default_model_card
 except ImportError:  # top-level modules: this project installed with pip
     from configuration_vistr import VisTRConfig
     from deform_conv import DeformConv2d
-    from loss_vistr import LossSettings, vistr_loss
+    from loss_vistr import ForVideoInstanceSegmentationLoss
     from model_card import save_default_model_card
 
 
@@ -58,6 +65,16 @@ class VisTRModelOutput(ModelOutput):
         True where the last backbone level is padding.
     encoder_hidden_states, decoder_hidden_states (`tuple[torch.FloatTensor]`, *optional*):
         Inputs of every layer plus the final output, when `output_hidden_states=True`.
+    encoder_attentions (`tuple[torch.FloatTensor]`, *optional*):
+        One per encoder layer, `(batch_size, num_attention_heads, num_frames * h * w, num_frames * h * w)`: the
+        self-attention weights after the softmax, when `output_attentions=True` (attention implementations that
+        return weights, e.g. `attn_implementation="eager"`; empty under SDPA, which computes none).
+    decoder_attentions (`tuple[torch.FloatTensor]`, *optional*):
+        One per decoder layer, `(batch_size, num_attention_heads, num_queries, num_queries)`: the queries'
+        self-attention weights, when `output_attentions=True` (as above).
+    cross_attentions (`tuple[torch.FloatTensor]`, *optional*):
+        One per decoder layer, `(batch_size, num_attention_heads, num_queries, num_frames * h * w)`: the queries'
+        attention over the encoder memory, when `output_attentions=True` (as above).
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -67,6 +84,9 @@ class VisTRModelOutput(ModelOutput):
     memory_padding_mask: torch.BoolTensor | None = None
     encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -87,7 +107,7 @@ class VisTRVideoInstanceSegmentationOutput(ModelOutput):
     auxiliary_outputs (`list[dict]`, *optional*):
         `{"logits", "pred_boxes"}` of every decoder layer but the last, when `config.auxiliary_loss`.
     last_hidden_state, intermediate_hidden_states, encoder_last_hidden_state, encoder_hidden_states,
-    decoder_hidden_states: see [`VisTRModelOutput`].
+    decoder_hidden_states, encoder_attentions, decoder_attentions, cross_attentions: see [`VisTRModelOutput`].
     """
 
     loss: torch.FloatTensor | None = None
@@ -101,6 +121,55 @@ class VisTRVideoInstanceSegmentationOutput(ModelOutput):
     encoder_last_hidden_state: torch.FloatTensor | None = None
     encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class VisTRDecoderOutput(ModelOutput):
+    r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, num_queries, d_model)`):
+        Output of the last decoder layer after the final layer norm.
+    intermediate_hidden_states (`torch.FloatTensor` of shape `(decoder_layers, batch_size, num_queries, d_model)`):
+        Every layer's output after the final layer norm: the class and box heads read all of them.
+    hidden_states, attentions, cross_attentions (`tuple[torch.FloatTensor]`, *optional*):
+        Recorded by `capture_outputs`; see `decoder_hidden_states`, `decoder_attentions` and `cross_attentions`
+        of [`VisTRModelOutput`].
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    intermediate_hidden_states: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+# Keys of the video processor's output (`image_processing_vistr.py`) that describe the clip layout for
+# post-processing. `model(**inputs)` passes them along; the model reads none of them.
+PROCESSOR_LAYOUT_KEYS = frozenset({"clip_video_indices", "clip_frame_indices", "original_sizes", "processed_sizes"})
+
+
+def check_layout_keys(method: str, kwargs: dict) -> None:
+    """Accept the processor's layout keys and nothing else: a misspelt argument raises instead of being ignored."""
+    unknown = sorted(set(kwargs) - PROCESSOR_LAYOUT_KEYS)
+    if unknown:
+        raise TypeError(
+            f"{method}() got unexpected keyword arguments {unknown}; besides its named arguments it accepts only "
+            f"the video processor's layout keys {sorted(PROCESSOR_LAYOUT_KEYS)}, which it ignores"
+        )
+
+
+def padding_to_attention_mask(padding_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """Key padding [B, L] (True = padded) -> additive mask [B, 1, 1, L] for every attention implementation.
+
+    The dtype's minimum rather than -inf: the softmax gives padded keys exactly 0 either way, and the
+    eager sum `scores + mask` stays finite.
+    """
+    if padding_mask is None:
+        return None
+    mask = torch.zeros(padding_mask.shape, dtype=dtype, device=padding_mask.device)
+    return mask.masked_fill(padding_mask, torch.finfo(dtype).min)[:, None, None, :]
 
 
 def downsample_padding_mask(padding_mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -273,32 +342,45 @@ class VisTRSinePositionEmbedding(nn.Module):
 
 
 class VisTRAttention(nn.Module):
-    """Multi-head attention with separate q/k/v projections (the original's packed projection, split)."""
+    """Multi-head attention with separate q/k/v projections (the original's packed projection, split).
 
-    def __init__(self, d_model: int, num_heads: int, dropout: float):
+    The product itself goes through transformers' attention interface, so `config._attn_implementation`
+    (`attn_implementation=` at `from_pretrained`, "sdpa" by default, "eager" to get the weights) chooses
+    the kernel. Returns the output and the weights (None where the kernel computes none).
+    """
+
+    def __init__(self, config: VisTRConfig):
         super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = d_model // num_heads
-        self.dropout = dropout
-        self.q_proj = nn.Linear(d_model, d_model)
-        self.k_proj = nn.Linear(d_model, d_model)
-        self.v_proj = nn.Linear(d_model, d_model)
-        self.out_proj = nn.Linear(d_model, d_model)
+        self.config = config
+        self.head_dim = config.d_model // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.dropout
+        self.is_causal = False  # read by the SDPA interface: every query sees every (unpadded) key
+        self.q_proj = nn.Linear(config.d_model, config.d_model)
+        self.k_proj = nn.Linear(config.d_model, config.d_model)
+        self.v_proj = nn.Linear(config.d_model, config.d_model)
+        self.out_proj = nn.Linear(config.d_model, config.d_model)
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        batch, length, _ = x.shape
-        return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+        return x.view(*x.shape[:-1], -1, self.head_dim).transpose(1, 2)
 
     def forward(
-        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_padding_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """query [B, Lq, d], key/value [B, Lk, d], key_padding_mask [B, Lk] (True = ignore)."""
-        q, k, v = self._split_heads(self.q_proj(query)), self._split_heads(self.k_proj(key)), self._split_heads(self.v_proj(value))
-        attn_mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """query [B, Lq, d], key/value [B, Lk, d], attention_mask additive [B, 1, 1, Lk] -> [B, Lq, d], weights."""
+        attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
         )
-        return self.out_proj(out.transpose(1, 2).flatten(2))
+        out, weights = attention(
+            self,
+            self._split_heads(self.q_proj(query)),
+            self._split_heads(self.k_proj(key)),
+            self._split_heads(self.v_proj(value)),
+            attention_mask,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+        )
+        return self.out_proj(out.flatten(2)), weights
 
 
 class VisTRFeedForward(nn.Module):
@@ -307,7 +389,7 @@ class VisTRFeedForward(nn.Module):
         self.fc1 = nn.Linear(config.d_model, config.ffn_dim)
         self.fc2 = nn.Linear(config.ffn_dim, config.d_model)
         self.dropout = nn.Dropout(config.dropout)
-        self.activation = F.relu if config.activation_function == "relu" else F.gelu
+        self.activation = ACT2FN[config.activation_function]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.dropout(self.activation(self.fc1(x))))
@@ -319,16 +401,19 @@ class VisTREncoderLayer(GradientCheckpointingLayer):
     def __init__(self, config: VisTRConfig):
         super().__init__()
         self.pre_norm = config.pre_norm
-        self.self_attn = VisTRAttention(config.d_model, config.num_attention_heads, config.dropout)
+        self.self_attn = VisTRAttention(config)
         self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
         self.ffn = VisTRFeedForward(config)
         self.final_layer_norm = nn.LayerNorm(config.d_model)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, hidden_states: torch.Tensor, position: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, position: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> torch.Tensor:
         normed = self.self_attn_layer_norm(hidden_states) if self.pre_norm else hidden_states
         query_key = normed + position
-        hidden_states = hidden_states + self.dropout(self.self_attn(query_key, query_key, normed, padding_mask))
+        attended, _ = self.self_attn(query_key, query_key, normed, attention_mask)
+        hidden_states = hidden_states + self.dropout(attended)
         if not self.pre_norm:
             hidden_states = self.self_attn_layer_norm(hidden_states)
         normed = self.final_layer_norm(hidden_states) if self.pre_norm else hidden_states
@@ -342,15 +427,15 @@ class VisTRDecoderLayer(GradientCheckpointingLayer):
     def __init__(self, config: VisTRConfig):
         super().__init__()
         self.pre_norm = config.pre_norm
-        self.self_attn = VisTRAttention(config.d_model, config.num_attention_heads, config.dropout)
+        self.self_attn = VisTRAttention(config)
         self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
-        self.encoder_attn = VisTRAttention(config.d_model, config.num_attention_heads, config.dropout)
+        self.encoder_attn = VisTRAttention(config)
         self.encoder_attn_layer_norm = nn.LayerNorm(config.d_model)
         self.ffn = VisTRFeedForward(config)
         self.final_layer_norm = nn.LayerNorm(config.d_model)
         self.dropout = nn.Dropout(config.dropout)
 
-    def _residual(self, hidden_states: torch.Tensor, norm: nn.LayerNorm, block) -> torch.Tensor:
+    def _residual(self, hidden_states: torch.Tensor, norm: nn.LayerNorm, block: Callable) -> torch.Tensor:
         """Apply `block` with the layer's norm placement (pre- or post-norm)."""
         if self.pre_norm:
             return hidden_states + self.dropout(block(norm(hidden_states)))
@@ -361,19 +446,17 @@ class VisTRDecoderLayer(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         query_position: torch.Tensor,
         memory: torch.Tensor,
-        memory_position: torch.Tensor,
-        memory_padding_mask: torch.Tensor | None,
-        memory_key: torch.Tensor | None = None,
+        memory_key: torch.Tensor,
+        memory_attention_mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        """`memory_key` = memory + memory_position, when the caller computed it once for all layers."""
-        memory_key = memory + memory_position if memory_key is None else memory_key
+        """`memory_key` = memory + its position, computed once for all layers; `memory_attention_mask` additive."""
 
-        def self_attention(x):
+        def self_attention(x: torch.Tensor) -> torch.Tensor:
             query_key = x + query_position
-            return self.self_attn(query_key, query_key, x)
+            return self.self_attn(query_key, query_key, x)[0]
 
-        def cross_attention(x):
-            return self.encoder_attn(x + query_position, memory_key, memory, memory_padding_mask)
+        def cross_attention(x: torch.Tensor) -> torch.Tensor:
+            return self.encoder_attn(x + query_position, memory_key, memory, memory_attention_mask)[0]
 
         hidden_states = self._residual(hidden_states, self.self_attn_layer_norm, self_attention)
         hidden_states = self._residual(hidden_states, self.encoder_attn_layer_norm, cross_attention)
@@ -403,6 +486,7 @@ class VisTRPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("video",)
     supports_gradient_checkpointing = True
+    _supports_sdpa = True
     _no_split_modules = [r"VisTRConvBackbone", r"VisTREncoderLayer", r"VisTRDecoderLayer"]
 
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -411,6 +495,7 @@ class VisTRPreTrainedModel(PreTrainedModel):
         if kwargs.get("is_main_process", True):
             save_default_model_card(save_directory, self.config)
 
+    @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """transformers' defaults, plus the original's special cases for the mask branch."""
         super()._init_weights(module)
@@ -433,45 +518,70 @@ class VisTRPreTrainedModel(PreTrainedModel):
             init.zeros_(module.k_linear.bias)
 
 
-class VisTREncoder(nn.Module):
+class VisTREncoder(VisTRPreTrainedModel):
+    """The DETR encoder over all frames' tokens at once. A model of its own (as transformers' `DetrEncoder`)
+    so that `capture_outputs` records its layers' outputs and attention weights under their own keys."""
+
+    _can_record_outputs = {"hidden_states": VisTREncoderLayer, "attentions": VisTRAttention}
+
     def __init__(self, config: VisTRConfig):
-        super().__init__()
+        super().__init__(config)
         self.layers = nn.ModuleList(VisTREncoderLayer(config) for _ in range(config.encoder_layers))
         # the original has a final encoder norm only in the pre-norm variant
         self.layernorm = nn.LayerNorm(config.d_model) if config.pre_norm else None
+        # no `post_init`: `VisTRModel` initializes every weight in one pass, in the order the original's
+        # seeded initialization draws them
 
-    def forward(self, tokens, position, padding_mask, output_hidden_states: bool = False):
-        hidden_states = () if output_hidden_states else None
+    @capture_outputs
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        position: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutput:
+        """tokens, position [B, L, d]; attention_mask additive [B, 1, 1, L]. `kwargs`: the `output_*` flags."""
         for layer in self.layers:
-            if output_hidden_states:
-                hidden_states += (tokens,)
-            tokens = layer(tokens, position, padding_mask)
+            tokens = layer(tokens, position, attention_mask)
         if self.layernorm is not None:
             tokens = self.layernorm(tokens)
-        if output_hidden_states:
-            hidden_states += (tokens,)
-        return tokens, hidden_states
+        return BaseModelOutput(last_hidden_state=tokens)
 
 
-class VisTRDecoder(nn.Module):
+class VisTRDecoder(VisTRPreTrainedModel):
+    """The DETR decoder: the queries start at zero, their positions are the learned query embeddings."""
+
+    _can_record_outputs = {
+        "hidden_states": VisTRDecoderLayer,
+        "attentions": OutputRecorder(VisTRAttention, index=1, layer_name="self_attn"),
+        "cross_attentions": OutputRecorder(VisTRAttention, index=1, layer_name="encoder_attn"),
+    }
+
     def __init__(self, config: VisTRConfig):
-        super().__init__()
+        super().__init__(config)
         self.layers = nn.ModuleList(VisTRDecoderLayer(config) for _ in range(config.decoder_layers))
         self.layernorm = nn.LayerNorm(config.d_model)
+        # no `post_init`, as in `VisTREncoder`
 
-    def forward(self, query_position, memory, memory_position, memory_padding_mask, output_hidden_states: bool = False):
-        """Returns every layer's output after the shared final norm: [layers, B, Q, d]."""
+    @capture_outputs
+    def forward(
+        self,
+        query_position: torch.Tensor,
+        memory: torch.Tensor,
+        memory_position: torch.Tensor,
+        memory_attention_mask: torch.Tensor | None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> VisTRDecoderOutput:
+        """Every layer's output after the shared final norm: `intermediate_hidden_states` [layers, B, Q, d]."""
         hidden = torch.zeros_like(query_position)
         memory_key = memory + memory_position  # the same keys' input in every layer
-        intermediate, hidden_states = [], () if output_hidden_states else None
+        intermediate = []
         for layer in self.layers:
-            if output_hidden_states:
-                hidden_states += (hidden,)
-            hidden = layer(hidden, query_position, memory, memory_position, memory_padding_mask, memory_key)
+            hidden = layer(hidden, query_position, memory, memory_key, memory_attention_mask)
             intermediate.append(self.layernorm(hidden))
-        if output_hidden_states:
-            hidden_states += (intermediate[-1],)
-        return torch.stack(intermediate), hidden_states
+        return VisTRDecoderOutput(
+            last_hidden_state=intermediate[-1], intermediate_hidden_states=torch.stack(intermediate)
+        )
 
 
 class VisTRModel(VisTRPreTrainedModel):
@@ -490,6 +600,16 @@ class VisTRModel(VisTRPreTrainedModel):
         self.decoder = VisTRDecoder(config)
         self.post_init()
 
+    def _output_flags(self, output_attentions: bool | None, output_hidden_states: bool | None) -> dict[str, bool]:
+        """The encoder's and decoder's `output_*` flags, config defaults resolved here: `capture_outputs` takes
+        an explicit None as False. Their outputs always as dataclasses (this forward reads them by name)."""
+        config = self.config
+        return {
+            "output_attentions": config.output_attentions if output_attentions is None else output_attentions,
+            "output_hidden_states": config.output_hidden_states if output_hidden_states is None else output_hidden_states,
+            "return_dict": True,
+        }
+
     def _check_inputs(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None) -> None:
         expected_frames, channels = self.config.num_frames, self.config.num_channels
         if pixel_values.dim() != 5 or pixel_values.shape[1] != expected_frames or pixel_values.shape[2] != channels:
@@ -505,23 +625,34 @@ class VisTRModel(VisTRPreTrainedModel):
                 f"([batch, frames, height, width]), got {list(pixel_mask.shape)}"
             )
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         pixel_mask: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> VisTRModelOutput | tuple:
+        **layout_keys,
+    ) -> VisTRModelOutput:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_frames, num_channels, height, width)`):
             Normalized frames, padded to a common size.
         pixel_mask (`torch.LongTensor` of shape `(batch_size, num_frames, height, width)`, *optional*):
             1 for real pixels, 0 for padding. All ones when not given.
+        output_attentions (`bool`, *optional*):
+            Return the encoder, decoder and cross-attention weights (needs an implementation that computes
+            them, e.g. `attn_implementation="eager"`). Defaults to `config.output_attentions`.
+        output_hidden_states (`bool`, *optional*):
+            Return every encoder and decoder layer's input plus the final output. Defaults to
+            `config.output_hidden_states`.
+        return_dict (`bool`, *optional*):
+            A [`VisTRModelOutput`] (default, `config.return_dict`) or a tuple of its non-None fields.
+        layout_keys:
+            The video processor's clip-layout keys (`model(**inputs)`), ignored; any other keyword raises.
         """
+        check_layout_keys(f"{type(self).__name__}.forward", layout_keys)
         self._check_inputs(pixel_values, pixel_mask)
-        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        flags = self._output_flags(output_attentions, output_hidden_states)
         batch, frames = pixel_values.shape[:2]
         padding_mask = (
             torch.zeros((batch, frames) + pixel_values.shape[-2:], dtype=torch.bool, device=pixel_values.device)
@@ -537,22 +668,25 @@ class VisTRModel(VisTRPreTrainedModel):
         # frame-major tokens: [B, T*h*w, d] with index t*h*w + y*w + x
         tokens = projected.permute(0, 1, 3, 4, 2).flatten(1, 3)
         token_position = position.permute(0, 1, 3, 4, 2).flatten(1, 3)
-        token_padding = memory_padding_mask.flatten(1)
+        attention_mask = padding_to_attention_mask(memory_padding_mask.flatten(1), tokens.dtype)
 
-        memory, encoder_states = self.encoder(tokens, token_position, token_padding, output_hidden_states)
+        encoder_outputs = self.encoder(tokens, token_position, attention_mask, **flags)
+        memory = encoder_outputs.last_hidden_state
         query_position = self.query_position_embeddings.weight.unsqueeze(0).expand(batch, -1, -1)
-        hidden, decoder_states = self.decoder(query_position, memory, token_position, token_padding, output_hidden_states)
+        decoder_outputs = self.decoder(query_position, memory, token_position, attention_mask, **flags)
 
-        output = VisTRModelOutput(
-            last_hidden_state=hidden[-1],
-            intermediate_hidden_states=hidden,
+        return VisTRModelOutput(
+            last_hidden_state=decoder_outputs.last_hidden_state,
+            intermediate_hidden_states=decoder_outputs.intermediate_hidden_states,
             encoder_last_hidden_state=memory,
             feature_maps=tuple(feature_maps),
             memory_padding_mask=memory_padding_mask,
-            encoder_hidden_states=encoder_states,
-            decoder_hidden_states=decoder_states,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            decoder_hidden_states=decoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
+            decoder_attentions=decoder_outputs.attentions,
+            cross_attentions=decoder_outputs.cross_attentions,
         )
-        return output if return_dict else output.to_tuple()
 
 
 class VisTRMHAttentionMap(nn.Module):
@@ -746,15 +880,40 @@ class VisTRForVideoInstanceSegmentation(VisTRPreTrainedModel):
                 full[video, target] = partial[video, source]
         return full
 
+    def _loss(
+        self,
+        outputs: VisTRModelOutput,
+        logits: torch.Tensor,
+        boxes: torch.Tensor,
+        auxiliary_outputs: list[dict[str, torch.Tensor]] | None,
+        labels: list[dict[str, torch.Tensor]],
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """`self.loss_function` (the loss registered for this class) and the masks it read.
+
+        In training the mask branch runs after the matching, for the matched slots only (the loss reads no
+        others); in evaluation the loss gets every slot's masks, as the caller does.
+        """
+        pred_masks = None
+
+        def matched_masks(indices: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+            nonlocal pred_masks
+            pred_masks = self._matched_masks(outputs, indices)
+            return pred_masks
+
+        masks = matched_masks if self.training else self._predict_masks(outputs)
+        loss, loss_dict = self.loss_function(logits, boxes, masks, auxiliary_outputs, labels, self.config)
+        return loss, loss_dict, masks if pred_masks is None else pred_masks
+
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         pixel_mask: torch.Tensor | None = None,
         labels: list[dict[str, torch.Tensor]] | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> VisTRVideoInstanceSegmentationOutput | tuple:
+        **layout_keys,
+    ) -> VisTRVideoInstanceSegmentationOutput:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_frames, num_channels, height, width)`):
             Normalized frames, padded to a common size.
@@ -765,32 +924,24 @@ class VisTRForVideoInstanceSegmentation(VisTRPreTrainedModel):
             w, h), `masks` `[N, T, H, W]` at the padded input size, `valid` `[N, T]` (False where the
             instance is absent). See `loss_vistr.py`. In training mode the mask branch then runs for
             the matched slots only.
+        output_attentions, output_hidden_states, return_dict, layout_keys:
+            See [`VisTRModel.forward`].
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        outputs = self.vistr(pixel_values, pixel_mask, output_hidden_states=output_hidden_states, return_dict=True)
+        check_layout_keys(f"{type(self).__name__}.forward", layout_keys)
+        outputs = self.vistr(
+            pixel_values, pixel_mask, output_attentions, output_hidden_states, return_dict=True
+        )
         logits = self.class_labels_classifier(outputs.intermediate_hidden_states)
         boxes = self.bbox_predictor(outputs.intermediate_hidden_states).sigmoid()
         auxiliary_outputs = None
         if self.config.auxiliary_loss:
             auxiliary_outputs = [{"logits": c, "pred_boxes": b} for c, b in zip(logits[:-1], boxes[:-1])]
-        loss = loss_dict = pred_masks = None
-        if labels is not None and self.training:
-            # training reads the masks of the matched slots only: compute just those (the others stay 0)
-            def matched_masks(indices):
-                nonlocal pred_masks
-                pred_masks = self._matched_masks(outputs, indices)
-                return pred_masks
-
-            loss, loss_dict = vistr_loss(
-                logits[-1], boxes[-1], matched_masks, auxiliary_outputs, labels, LossSettings.from_config(self.config)
-            )
+        loss = loss_dict = None
+        if labels is not None:
+            loss, loss_dict, pred_masks = self._loss(outputs, logits[-1], boxes[-1], auxiliary_outputs, labels)
         else:
             pred_masks = self._predict_masks(outputs)
-            if labels is not None:
-                loss, loss_dict = vistr_loss(
-                    logits[-1], boxes[-1], pred_masks, auxiliary_outputs, labels, LossSettings.from_config(self.config)
-                )
-        result = VisTRVideoInstanceSegmentationOutput(
+        return VisTRVideoInstanceSegmentationOutput(
             loss=loss,
             loss_dict=loss_dict,
             logits=logits[-1],
@@ -802,9 +953,14 @@ class VisTRForVideoInstanceSegmentation(VisTRPreTrainedModel):
             encoder_last_hidden_state=outputs.encoder_last_hidden_state,
             encoder_hidden_states=outputs.encoder_hidden_states,
             decoder_hidden_states=outputs.decoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
         )
-        return result if return_dict else result.to_tuple()
 
+
+# `PreTrainedModel.loss_function` looks the loss up by class name (`self.loss_type`), set at construction
+LOSS_MAPPING[VisTRForVideoInstanceSegmentation.__name__] = ForVideoInstanceSegmentationLoss
 
 VisTRModel.register_for_auto_class("AutoModel")
 VisTRForVideoInstanceSegmentation.register_for_auto_class("AutoModelForInstanceSegmentation")

@@ -52,9 +52,10 @@ def _instance_head_ncdhw(head, x):
 
 def _decoder_layer_before(layer, hidden, query_position, memory, memory_position, padding):
     """The decoder layer as before: memory + position per layer, x + query position twice."""
-    hidden = layer.self_attn_layer_norm(hidden + layer.self_attn(hidden + query_position, hidden + query_position, hidden))
+    query_key = hidden + query_position
+    hidden = layer.self_attn_layer_norm(hidden + layer.self_attn(query_key, query_key, hidden)[0])
     hidden = layer.encoder_attn_layer_norm(
-        hidden + layer.encoder_attn(hidden + query_position, memory + memory_position, memory, padding))
+        hidden + layer.encoder_attn(hidden + query_position, memory + memory_position, memory, padding)[0])
     return layer.final_layer_norm(hidden + layer.ffn(hidden))
 
 
@@ -84,7 +85,7 @@ def build_parts(config: VisTRConfig, frames: int, height: int, width: int):
     sequences = torch.rand(slots, config.mask_head_channels, frames, h4, w4, generator=g)
     tokens = torch.randn(1, frames * h32 * w32, d, generator=g)
     position = torch.randn(1, frames * h32 * w32, d, generator=g)
-    padding = torch.zeros(1, frames * h32 * w32, dtype=torch.bool)
+    padding = mv.padding_to_attention_mask(torch.zeros(1, frames * h32 * w32, dtype=torch.bool), torch.float32)
     query_position = model.vistr.query_position_embeddings.weight[None]
     decoder = model.vistr.decoder
 
@@ -126,7 +127,7 @@ def build_parts(config: VisTRConfig, frames: int, height: int, width: int):
         "decoder (360 queries, 1620 tokens)": {
             "memory + position per layer (before)":
                 lambda: _decoder_before(decoder, query_position, tokens, position, padding),
-            "memory + position once (now)": lambda: decoder(query_position, tokens, position, padding)[0][-1],
+            "memory + position once (now)": lambda: decoder(query_position, tokens, position, padding).last_hidden_state,
         },
     }
 

@@ -32,7 +32,7 @@ from torch import nn
 def _packed_attention(attention, num_heads: int) -> nn.MultiheadAttention:
     """An nn.MultiheadAttention (sequence-first, as the original) holding our q/k/v/out weights."""
     d_model = attention.q_proj.in_features
-    packed = nn.MultiheadAttention(d_model, num_heads, dropout=attention.dropout)
+    packed = nn.MultiheadAttention(d_model, num_heads, dropout=attention.attention_dropout)
     packed = packed.to(device=attention.q_proj.weight.device, dtype=attention.q_proj.weight.dtype)
     with torch.no_grad():
         packed.in_proj_weight.copy_(torch.cat([attention.q_proj.weight, attention.k_proj.weight, attention.v_proj.weight]))

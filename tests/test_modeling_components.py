@@ -18,6 +18,7 @@ from modeling_vistr import (
     VisTREncoderLayer,
     VisTRForVideoInstanceSegmentation,
     VisTRSinePositionEmbedding,
+    padding_to_attention_mask,
 )
 
 
@@ -79,7 +80,7 @@ def test_encoder_layer_equals_pytorch_layer_without_position(pre_norm):
     padding[1, -7:] = True
     with torch.no_grad():
         expected = reference(tokens.transpose(0, 1), src_key_padding_mask=padding).transpose(0, 1)
-        actual = ours(tokens, torch.zeros_like(tokens), padding)
+        actual = ours(tokens, torch.zeros_like(tokens), padding_to_attention_mask(padding, tokens.dtype))
     assert (actual - expected).abs().max() <= 1e-10
 
 
@@ -97,7 +98,8 @@ def test_decoder_layer_equals_pytorch_layer_without_position(pre_norm):
     padding[0, :5] = True
     with torch.no_grad():
         expected = reference(queries.transpose(0, 1), memory.transpose(0, 1), memory_key_padding_mask=padding)
-        actual = ours(queries, torch.zeros_like(queries), memory, torch.zeros_like(memory), padding)
+        mask = padding_to_attention_mask(padding, memory.dtype)
+        actual = ours(queries, torch.zeros_like(queries), memory, memory, mask)  # memory_key = memory + 0
     assert (actual - expected.transpose(0, 1)).abs().max() <= 1e-10
 
 

@@ -20,9 +20,22 @@ FP32_TOLERANCE = {"logits": 1.5e-3, "pred_boxes": 1e-4, "pred_masks": 5e-3}
 OUTPUT_TO_REFERENCE = {"logits": "pred_logits", "pred_boxes": "pred_boxes", "pred_masks": "pred_masks"}
 
 
+# every attention implementation that runs on CPU; transformers' default for this model is "sdpa"
+ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
+
+
 @pytest.fixture(scope="module")
 def model_fp64(tiny_model):
     return copy.deepcopy(tiny_model).double()
+
+
+@pytest.fixture(scope="module", params=ATTENTION_IMPLEMENTATIONS)
+def model_fp64_each_attention(tiny_model, request):
+    """The float64 model with `request.param` as its attention implementation."""
+    model = copy.deepcopy(tiny_model).double()
+    model.set_attn_implementation(request.param)
+    assert model.vistr.encoder.layers[0].self_attn.config._attn_implementation == request.param
+    return model
 
 
 def max_abs_diff(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -59,10 +72,10 @@ def run_with_intermediates(model: VisTRForVideoInstanceSegmentation, pixel_value
 
 
 @pytest.mark.parametrize("case", list(PARITY_CASES))
-def test_float64_outputs_equal_original(model_fp64, parity_inputs, reference_fp64, case):
+def test_float64_outputs_equal_original(model_fp64_each_attention, parity_inputs, reference_fp64, case):
     reference = reference_fp64[case]
     with torch.no_grad():
-        outputs = model_fp64(*case_inputs(parity_inputs, case, torch.float64))
+        outputs = model_fp64_each_attention(*case_inputs(parity_inputs, case, torch.float64))
     for ours, theirs in OUTPUT_TO_REFERENCE.items():
         assert max_abs_diff(getattr(outputs, ours), reference[theirs]) <= FP64_TOLERANCE, ours
     assert len(outputs.auxiliary_outputs) == len(reference["aux_outputs"])
