@@ -341,6 +341,20 @@ class VisTRSinePositionEmbedding(nn.Module):
         return torch.cat(encoded, dim=4).permute(0, 1, 4, 2, 3).to(dtype)
 
 
+# The original's initialisation of freshly created weights, by leaf module: transformers initialises module by
+# module from the leaves up and skips weights already set, so a rule on a parent (say "xavier for every matrix
+# of a transformer layer") would never reach its leaves. Each rule is attached to the leaves it covers.
+ORIGINAL_INIT = "_vistr_original_init"
+
+
+def use_original_init(module: nn.Module, rule: str, kinds: tuple[type, ...]) -> None:
+    """Mark every `kinds` leaf of `module` for `rule` ("xavier", "xavier, zero bias", "kaiming, zero bias",
+    "zeros"), applied by `VisTRPreTrainedModel._init_weights`."""
+    for leaf in module.modules():
+        if isinstance(leaf, kinds):
+            setattr(leaf, ORIGINAL_INIT, rule)
+
+
 class VisTRAttention(nn.Module):
     """Multi-head attention with separate q/k/v projections (the original's packed projection, split).
 
@@ -406,6 +420,7 @@ class VisTREncoderLayer(GradientCheckpointingLayer):
         self.ffn = VisTRFeedForward(config)
         self.final_layer_norm = nn.LayerNorm(config.d_model)
         self.dropout = nn.Dropout(config.dropout)
+        use_original_init(self, "xavier", (nn.Linear,))  # the original's transformer: xavier for every matrix
 
     def forward(
         self, hidden_states: torch.Tensor, position: torch.Tensor, attention_mask: torch.Tensor | None
@@ -434,6 +449,7 @@ class VisTRDecoderLayer(GradientCheckpointingLayer):
         self.ffn = VisTRFeedForward(config)
         self.final_layer_norm = nn.LayerNorm(config.d_model)
         self.dropout = nn.Dropout(config.dropout)
+        use_original_init(self, "xavier", (nn.Linear,))
 
     def _residual(self, hidden_states: torch.Tensor, norm: nn.LayerNorm, block: Callable) -> torch.Tensor:
         """Apply `block` with the layer's norm placement (pre- or post-norm)."""
@@ -497,25 +513,19 @@ class VisTRPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """transformers' defaults, plus the original's special cases for the mask branch."""
+        """transformers' defaults, then the original's rule where the module carries one (`use_original_init`)."""
         super()._init_weights(module)
-        if isinstance(module, (VisTREncoderLayer, VisTRDecoderLayer)):
-            for parameter in module.parameters():
-                if parameter.dim() > 1:
-                    init.xavier_uniform_(parameter, gain=self.config.init_xavier_std)
-        elif isinstance(module, VisTRMaskHeadSmallConv):
-            for conv in module.modules():
-                if isinstance(conv, nn.Conv2d):
-                    init.kaiming_uniform_(conv.weight, a=1)
-                    init.zeros_(conv.bias)
-            # zero offsets: the deformable conv starts as a plain 3x3 conv, as in the original
-            init.zeros_(module.conv_offset.weight)
-            init.zeros_(module.conv_offset.bias)
-        elif isinstance(module, VisTRMHAttentionMap):
-            init.xavier_uniform_(module.q_linear.weight, gain=self.config.init_xavier_std)
-            init.xavier_uniform_(module.k_linear.weight, gain=self.config.init_xavier_std)
-            init.zeros_(module.q_linear.bias)
-            init.zeros_(module.k_linear.bias)
+        rule = getattr(module, ORIGINAL_INIT, None)
+        if rule is None:
+            return
+        if rule == "zeros":
+            init.zeros_(module.weight)
+        elif rule.startswith("xavier"):
+            init.xavier_uniform_(module.weight, gain=self.config.init_xavier_std)
+        elif rule.startswith("kaiming"):
+            init.kaiming_uniform_(module.weight, a=1)
+        if module.bias is not None and (rule == "zeros" or rule.endswith("zero bias")):
+            init.zeros_(module.bias)
 
 
 class VisTREncoder(VisTRPreTrainedModel):
@@ -701,6 +711,7 @@ class VisTRMHAttentionMap(nn.Module):
         self.q_linear = nn.Linear(d_model, d_model)
         self.k_linear = nn.Linear(d_model, d_model)
         self.normalize_fact = float(d_model / num_heads) ** -0.5
+        use_original_init(self, "xavier, zero bias", (nn.Linear,))
 
     def forward(self, queries: torch.Tensor, memory: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
         """queries [F, n, d], memory [F, d, h, w], padding_mask [F, h, w] -> [F, n, heads, h, w]."""
@@ -741,6 +752,9 @@ class VisTRMaskHeadSmallConv(nn.Module):
         self.adapter1 = nn.Conv2d(fpn_channels[2], widths[1], 1)
         self.adapter2 = nn.Conv2d(fpn_channels[1], widths[2], 1)
         self.adapter3 = nn.Conv2d(fpn_channels[0], widths[3], 1)
+        use_original_init(self, "kaiming, zero bias", (nn.Conv2d,))
+        # zero offsets: the deformable conv starts as a plain 3x3 conv, as in the original
+        use_original_init(self.conv_offset, "zeros", (nn.Conv2d,))
 
     def _first_conv(self, memory: torch.Tensor, attention_maps: torch.Tensor) -> torch.Tensor:
         """lay1 over [memory, maps of one query], for every query: [F, d, h, w], [F, n, heads, h, w] -> [F*n, dim, h, w].

@@ -142,3 +142,31 @@ def test_training_computes_the_masks_of_matched_slots_only_with_the_same_loss_an
     matched = fast.pred_masks.flatten(2).abs().sum(-1) > 0  # [B, T*n]: the rows that were computed
     assert torch.equal(fast.pred_masks[matched], full.pred_masks[matched])
     assert matched.sum(1).tolist() == [2 * config.num_frames, 1 * config.num_frames]
+
+
+def test_fresh_weights_follow_the_original_initialisation():
+    """xavier for the transformer's matrices and the attention-map projections, kaiming (a=1) and zero biases
+    for the mask head's convolutions, zero offsets (the deformable conv starts as a plain conv)."""
+    torch.manual_seed(0)
+    config = small_config(d_model=192, ffn_dim=384)
+    model = VisTRForVideoInstanceSegmentation(config)
+    q = model.vistr.encoder.layers[0].self_attn.q_proj.weight
+    ffn = model.vistr.decoder.layers[1].ffn.fc1.weight
+    for weight in (q, ffn, model.bbox_attention.q_linear.weight):
+        bound = (6 / sum(weight.shape)) ** 0.5  # xavier uniform, gain 1
+        assert weight.abs().max() <= bound and weight.abs().max() > 0.9 * bound
+    assert not model.bbox_attention.k_linear.bias.any()
+    lay1 = model.mask_head.lay1
+    bound = (6 / ((1 + 1) * lay1.weight[0].numel())) ** 0.5  # kaiming uniform with a=1
+    assert lay1.weight.abs().max() <= bound and lay1.weight.abs().max() > 0.9 * bound and not lay1.bias.any()
+    assert not model.mask_head.conv_offset.weight.any() and not model.mask_head.conv_offset.bias.any()
+
+
+def test_loading_keeps_the_saved_weights_over_the_initialisation(tmp_path):
+    model = VisTRForVideoInstanceSegmentation(small_config())
+    with torch.no_grad():
+        model.mask_head.conv_offset.weight.fill_(0.25)
+    model.save_pretrained(tmp_path)
+    loaded = VisTRForVideoInstanceSegmentation.from_pretrained(tmp_path)
+    for (name, saved), (_, again) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(saved, again), name
