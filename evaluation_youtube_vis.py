@@ -474,6 +474,12 @@ def _summarize(precision: np.ndarray, recall: np.ndarray) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def score_results(annotations: str | os.PathLike | Mapping, results: list[Mapping]) -> dict[str, float]:
+    """`evaluate`, with zeros for a model that found nothing: the evaluator, like the official one, refuses an
+    empty results list, but a training run or a split job should record the score, not stop."""
+    return evaluate(annotations, results) if results else dict.fromkeys(METRIC_NAMES, 0.0)
+
+
 def evaluate(
     annotations: str | os.PathLike | Mapping,
     results: str | os.PathLike | list[Mapping],

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from configuration_vistr import VisTRConfig
 from convert_checkpoint import initialization_state_dict
-from evaluation_youtube_vis import METRIC_NAMES, evaluate
+from evaluation_youtube_vis import score_results
 from image_processing_vistr import VisTRVideoProcessor
 from model_card import build_model_card, file_sha256, push_to_hub, save_model_card
 from modeling_vistr import VisTRForVideoInstanceSegmentation
@@ -212,9 +212,7 @@ def evaluate_model(model, processor: VisTRVideoProcessor, rows, annotations: Map
     for row in tqdm(rows, desc="evaluating", unit="video", disable=disable_progress):
         results.extend(processor.to_youtube_vis_results([segmenter(row["frames"])["instances"]], [row["video_id"]]))
     model.train()
-    if not results:  # nothing detected yet (early training): the evaluator refuses an empty results list
-        return dict.fromkeys(METRIC_NAMES, 0.0)
-    return evaluate(annotations, results)
+    return score_results(annotations, results)
 
 
 # ------------------------------------------------------------------------------------------------- checkpoints

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from evaluation_youtube_vis import METRIC_NAMES, evaluate, format_summary
+from evaluation_youtube_vis import format_summary, score_results
 from image_processing_vistr import VisTRVideoProcessor
 from pipeline_vistr import VideoSegmenter
 from video_io import VideoReadError, atomic_path
@@ -269,8 +269,7 @@ def run_split(
     print(total.table(str(segmenter.device), state.num_processes))
     if not score:
         return None
-    # a model that finds nothing scores zero (the evaluator, like the official one, refuses an empty list)
-    metrics = evaluate(annotations, results) if results else dict.fromkeys(METRIC_NAMES, 0.0)
+    metrics = score_results(annotations, results)
     print(format_summary(metrics))
     print(json.dumps(metrics))
     return metrics

@@ -711,3 +711,13 @@ def test_cli_reports_bad_results_without_a_traceback(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         vistr_cli.main(["evaluate", "--annotations", truth_path, "--results", results_path])
     assert str(exit_info.value.code).startswith("error: result #1 (video 42) is for video 42")
+
+
+def test_score_results_gives_zeros_when_nothing_was_found():
+    from evaluation_youtube_vis import METRIC_NAMES, ResultsError, evaluate, score_results
+
+    truth = {"videos": [{"id": 1, "width": 4, "height": 4, "length": 1}], "categories": [{"id": 1, "name": "a"}],
+             "annotations": []}
+    with pytest.raises(ResultsError):  # the evaluator itself refuses an empty list, as the official one does
+        evaluate(truth, [])
+    assert score_results(truth, []) == dict.fromkeys(METRIC_NAMES, 0.0)
