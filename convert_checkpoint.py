@@ -19,11 +19,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
-
-from configuration_vistr import VisTRConfig, youtube_vis_2019_id2label
-from model_card import build_model_card, file_sha256, push_to_hub, save_model_card
-from modeling_vistr import VisTRForVideoInstanceSegmentation
-from pipeline_vistr import save_model_folder
+from vistr.configuration_vistr import VisTRConfig, youtube_vis_2019_id2label
+from vistr.model_card import build_model_card, file_sha256, push_to_hub, save_model_card, save_model_folder
+from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation
 
 
 class ConversionError(ValueError):

@@ -37,16 +37,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import AutoVideoProcessor
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import VideosKwargs
 from transformers.video_processing_utils import BaseVideoProcessor
 
-try:  # sibling modules of a package: Hub remote code (`trust_remote_code=True`)
-    from .video_io import VideoReadError, describe, iter_frames
-except ImportError:  # top-level modules: this project installed with pip
-    from configuration_vistr import VisTRConfig  # to register with AutoVideoProcessor below
-    from video_io import VideoReadError, describe, iter_frames
+from .video_io import VideoReadError, describe, iter_frames
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -912,8 +907,6 @@ def encode_rle(mask) -> dict:
 
 VisTRVideoProcessor.register_for_auto_class("AutoVideoProcessor")
 
-if not __package__:  # imported from our installed modules (not as Hub remote code): register
-    AutoVideoProcessor.register(VisTRConfig, VisTRVideoProcessor, exist_ok=True)
 
 __all__ = [
     "ClipLayout", "ClipStitcher", "VideoClips", "VisTRVideoProcessor", "clip_count", "clip_stride", "default_stride",

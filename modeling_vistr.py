@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, AutoModelForInstanceSegmentation, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.backbone_utils import load_backbone
@@ -38,16 +38,10 @@ from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
-try:  # sibling modules of a package: Hub remote code (`trust_remote_code=True`)
-    from .configuration_vistr import VisTRConfig
-    from .deform_conv import DeformConv2d
-    from .loss_vistr import ForVideoInstanceSegmentationLoss
-    from .model_card import save_default_model_card
-except ImportError:  # top-level modules: this project installed with pip
-    from configuration_vistr import VisTRConfig
-    from deform_conv import DeformConv2d
-    from loss_vistr import ForVideoInstanceSegmentationLoss
-    from model_card import save_default_model_card
+from .configuration_vistr import VisTRConfig
+from .deform_conv import DeformConv2d
+from .loss_vistr import ForVideoInstanceSegmentationLoss
+from .model_card import save_default_model_card
 
 
 @dataclass
@@ -979,9 +973,6 @@ LOSS_MAPPING[VisTRForVideoInstanceSegmentation.__name__] = ForVideoInstanceSegme
 VisTRModel.register_for_auto_class("AutoModel")
 VisTRForVideoInstanceSegmentation.register_for_auto_class("AutoModelForInstanceSegmentation")
 
-if not __package__:  # imported from our installed modules (not as Hub remote code): register
-    AutoModel.register(VisTRConfig, VisTRModel, exist_ok=True)
-    AutoModelForInstanceSegmentation.register(VisTRConfig, VisTRForVideoInstanceSegmentation, exist_ok=True)
 
 __all__ = [
     "VisTRForVideoInstanceSegmentation",

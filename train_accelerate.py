@@ -30,16 +30,16 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-
-from configuration_vistr import VisTRConfig
-from convert_checkpoint import initialization_state_dict
-from evaluation_youtube_vis import score_results
-from image_processing_vistr import VisTRVideoProcessor
-from model_card import build_model_card, file_sha256, push_to_hub, save_model_card
-from modeling_vistr import VisTRForVideoInstanceSegmentation
-from pipeline_vistr import VideoSegmenter, save_model_folder
-from training_data import AugmentationOptions, TrainTransform, VisTRClipDataset, collate_fn
-from youtube_vis import load_youtube_vis, read_json, split_by_video_id
+from vistr.configuration_vistr import VisTRConfig
+from vistr.convert_checkpoint import initialization_state_dict
+from vistr.image_processing_vistr import VisTRVideoProcessor
+from vistr.model_card import build_model_card, file_sha256, push_to_hub, save_model_card, save_model_folder
+from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation
+from vistr.pipeline_vistr import VideoSegmenter
+from vistr.tools.backbone_pretraining import BoxClassifier, pretrain_backbone
+from vistr.tools.evaluation_youtube_vis import score_results
+from vistr.tools.training_data import AugmentationOptions, TrainTransform, VisTRClipDataset, collate_fn
+from vistr.tools.youtube_vis import load_youtube_vis, read_json, split_by_video_id
 
 logger = get_logger(__name__)
 
@@ -62,6 +62,13 @@ MODEL_OPTIONS = (
     ("ffn_dim", int, "feed-forward width"),
     ("dropout", float, "transformer dropout"),
 )
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--gradient-accumulation-steps", type=int, default=1)
     optim.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], help="default: the accelerate config")
     optim.add_argument("--seed", type=int, default=42)
+    optim.add_argument("--backbone-pretraining-steps", type=non_negative_int, default=0,
+                       help="from scratch: first train the backbone this many steps to classify the ground-truth "
+                            "boxes (tools/backbone_pretraining.py), then VisTR")  # fmt: skip
+    optim.add_argument("--backbone-pretraining-lr", type=float, default=1e-3, help="learning rate of that stage")
 
     run = parser.add_argument_group("run")
     run.add_argument("--output-dir", required=True)
@@ -323,14 +334,41 @@ class Run:
         # which dropout uses
         loader = DataLoader(clips, batch_size=args.batch_size, shuffle=True, collate_fn=collate_fn,
                             num_workers=args.num_workers, generator=torch.Generator().manual_seed(args.seed))
-        optimizer = build_optimizer(self.model, args)
-        steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_schedule(args, steps_per_epoch))
+        self.clips, self.loader = clips, loader
+        self.step, self.epoch, self.history, self.pretraining_history = 0, 0, [], []
+
+    def prepare(self) -> None:
+        """Optimizer and schedule of the VisTR steps; model, loader and both through accelerate."""
+        optimizer = build_optimizer(self.model, self.args)
+        steps_per_epoch = math.ceil(len(self.loader) / self.args.gradient_accumulation_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_schedule(self.args, steps_per_epoch))
         self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
-            self.model, optimizer, loader, scheduler
+            self.model, optimizer, self.loader, scheduler
         )
-        self.clips = clips
-        self.step, self.epoch, self.history = 0, 0, []
+
+    def pretrain_backbone(self) -> None:
+        """Stage 1 from scratch: the backbone learns to classify the ground-truth boxes (see
+        tools/backbone_pretraining.py for why); its weights stay in the model, the classifier is dropped."""
+        args, accelerator = self.args, self.accelerator
+        classifier = BoxClassifier(self.model.vistr.backbone, self.config.num_labels)
+        optimizer = torch.optim.AdamW(classifier.parameters(), lr=args.backbone_pretraining_lr,
+                                      weight_decay=args.weight_decay)  # fmt: skip
+        loader = DataLoader(self.clips, batch_size=args.batch_size, shuffle=True, collate_fn=collate_fn,
+                            num_workers=args.num_workers, generator=torch.Generator().manual_seed(args.seed + 1))
+        classifier, optimizer, loader = accelerator.prepare(classifier, optimizer, loader)
+        progress = tqdm(total=args.backbone_pretraining_steps, desc="backbone pre-training", unit="step",
+                        disable=not accelerator.is_local_main_process)  # fmt: skip
+
+        def on_step(entry: dict) -> None:
+            progress.update()
+            progress.set_postfix(loss=f"{entry['loss']:.3f}", accuracy=f"{entry['accuracy']:.2f}")
+            if entry["step"] % args.logging_steps == 0:
+                accelerator.log({f"backbone_pretraining/{k}": entry[k] for k in ("loss", "accuracy")}, step=entry["step"])
+
+        self.pretraining_history = pretrain_backbone(classifier, loader, optimizer, args.backbone_pretraining_steps,
+                                                     accelerator, args.clip_max_norm, on_step)  # fmt: skip
+        progress.close()
+        accelerator.free_memory()  # the stage's wrappers go: checkpoints hold the VisTR model and optimizer only
 
     def resume(self, checkpoint: str) -> int:
         """Restore model, optimizer, scheduler, RNGs and position; returns the batches to skip this epoch."""
@@ -430,6 +468,9 @@ def train(args: argparse.Namespace) -> Path:
     if args.report_to != "none":
         hyperparameters = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items()}
         accelerator.init_trackers("vistr", config=hyperparameters)
+    if args.backbone_pretraining_steps > 0 and not args.resume_from_checkpoint:
+        run.pretrain_backbone()
+    run.prepare()
     skip = run.resume(args.resume_from_checkpoint) if args.resume_from_checkpoint else 0
     metrics = None
     while run.epoch < args.epochs and not run.finished():

@@ -7,15 +7,11 @@ a seed the bundled model never trained on, encoded at 10 frames per second.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from PIL import Image
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from video_io import atomic_path, write_video  # noqa: E402
-from youtube_vis import synthetic_annotations, synthetic_videos  # noqa: E402
+from vistr.tools.youtube_vis import synthetic_annotations, synthetic_videos  # noqa: E402
+from vistr.video_io import atomic_path, write_video  # noqa: E402
 
 SEED = 5181
 FPS = 10.0

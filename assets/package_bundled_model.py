@@ -14,21 +14,20 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from model_card import build_model_card, save_model_card  # noqa: E402
-from modeling_vistr import VisTRForVideoInstanceSegmentation  # noqa: E402
-from pipeline_vistr import save_model_folder  # noqa: E402
-from train_accelerate import STATE_FILE, plot_loss_curve  # noqa: E402
-from youtube_vis import make_synthetic  # noqa: E402
-from youtube_vis_inference import run_split  # noqa: E402
+from vistr.model_card import (  # noqa: E402
+    build_model_card,
+    save_model_card,
+    save_model_folder,  # noqa: E402
+)
+from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation  # noqa: E402
+from vistr.tools.youtube_vis import make_synthetic  # noqa: E402
+from vistr.tools.youtube_vis_inference import run_split  # noqa: E402
+from vistr.train_accelerate import STATE_FILE, plot_loss_curve  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parent
 BUNDLED = ASSETS / "vistr-tiny-synthetic"

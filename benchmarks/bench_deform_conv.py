@@ -18,17 +18,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import deform_conv  # noqa: E402
+from vistr import deform_conv  # noqa: E402
 
 
 @dataclass(frozen=True)

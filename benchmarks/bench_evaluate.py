@@ -15,17 +15,14 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 from pycocotools import mask as mask_utils
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from evaluation_youtube_vis import evaluate  # noqa: E402
-from youtube_vis import SyntheticOptions, compress_rle, synthetic_annotations  # noqa: E402
+from vistr.tools.evaluation_youtube_vis import evaluate  # noqa: E402
+from vistr.tools.youtube_vis import SyntheticOptions, compress_rle, synthetic_annotations  # noqa: E402
 
 
 def _box_track(boxes: np.ndarray, height: int, width: int, keep: np.ndarray) -> list:

@@ -33,11 +33,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from configuration_vistr import VisTRConfig  # noqa: E402
-from modeling_vistr import VisTRForVideoInstanceSegmentation  # noqa: E402
 from original_flow import OriginalFlow  # noqa: E402
+from vistr.configuration_vistr import VisTRConfig  # noqa: E402
+from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation  # noqa: E402
 
 FP32_TOLERANCE = {"logits": 1.5e-3, "pred_boxes": 1e-4, "pred_masks": 5e-3}
 ORIGINAL_KEY = {"logits": "pred_logits", "pred_boxes": "pred_boxes", "pred_masks": "pred_masks"}

@@ -22,12 +22,11 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import modeling_vistr as mv  # noqa: E402
 from bench_forward import cpu_name  # noqa: E402
-from configuration_vistr import VisTRConfig  # noqa: E402
-from deform_conv import deform_conv2d  # noqa: E402
+from vistr import modeling_vistr as mv  # noqa: E402
+from vistr.configuration_vistr import VisTRConfig  # noqa: E402
+from vistr.deform_conv import deform_conv2d  # noqa: E402
 
 
 def _fold_nchw(backbone, frames):

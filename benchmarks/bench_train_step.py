@@ -30,11 +30,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_forward import cpu_name  # noqa: E402
-from configuration_vistr import VisTRConfig  # noqa: E402
-from modeling_vistr import VisTRForVideoInstanceSegmentation  # noqa: E402
+from vistr.configuration_vistr import VisTRConfig  # noqa: E402
+from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation  # noqa: E402
 
 BUNDLED = Path(__file__).resolve().parent.parent / "assets" / "vistr-tiny-synthetic"
 

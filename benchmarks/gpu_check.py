@@ -93,8 +93,7 @@ def check_dcn_speed(sizes: Sizes) -> list[dict]:
     """Triton (ours) against torchvision's deformable convolution, forward and forward + backward."""
     import torch
     import torchvision
-
-    import deform_conv
+    from vistr import deform_conv
 
     os.environ[deform_conv._BACKEND_ENV] = "triton"
     synchronize = _synchronizer(sizes.device)
@@ -137,9 +136,8 @@ def check_dcn_speed(sizes: Sizes) -> list[dict]:
 
 def _model(sizes: Sizes, **overrides):
     import torch
-
-    from configuration_vistr import VisTRConfig
-    from modeling_vistr import VisTRForVideoInstanceSegmentation
+    from vistr.configuration_vistr import VisTRConfig
+    from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation
 
     torch.manual_seed(0)
     config = VisTRConfig(backbone=sizes.backbone, num_frames=sizes.frames, **overrides)
@@ -151,7 +149,6 @@ def _model(sizes: Sizes, **overrides):
 
 def _agreement(reference, outputs) -> dict:
     """Per-slot mask IoU (logits > 0, slots non-empty in either) and label agreement against fp32."""
-    import torch
 
     truth, mask = reference.pred_masks > 0, outputs.pred_masks.float() > 0
     union = (truth | mask).flatten(2).sum(-1)
@@ -252,6 +249,18 @@ def machine(sizes: Sizes) -> str:
     return f"CPU (dry run), torch {torch.__version__}"
 
 
+def _import_checkout_as_vistr() -> None:
+    """The device machine gets the checkout but no install: import the repository root as the package `vistr`."""
+    import importlib.util
+
+    if importlib.util.find_spec("vistr") is not None:
+        return
+    spec = importlib.util.spec_from_file_location("vistr", REPO / "__init__.py", submodule_search_locations=[str(REPO)])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["vistr"] = package
+    spec.loader.exec_module(package)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("output", type=Path, help="folder for gpu_check.md and gpu_check.json")
@@ -260,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.dry_run:  # before Triton is imported: kernels are decorated interpreted or compiled at import
         os.environ["TRITON_INTERPRET"] = "1"
-    sys.path.insert(0, str(REPO))
+    _import_checkout_as_vistr()
     import torch
 
     sizes = DRY if args.dry_run else REAL

@@ -51,7 +51,7 @@ def reference_fp64(parity_dir):
 @pytest.fixture(scope="session")
 def tiny_model(parity_dir):
     """The tiny original checkpoint, converted (float32, eval mode)."""
-    from convert_checkpoint import convert
+    from vistr.convert_checkpoint import convert
 
     return convert(parity_dir / "vistr_tiny_r50_original.pth")
 

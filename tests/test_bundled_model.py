@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from video_io import iter_frames
+from vistr.video_io import iter_frames
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ASSETS = REPO_ROOT / "assets"
@@ -49,7 +48,7 @@ def test_readme_first_command_segments_the_sample_video(tmp_path):
     """`vistr segment` with no arguments: results JSON + overlay in ./vistr-output, found instances printed."""
     environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     completed = subprocess.run(
-        [sys.executable, "-c", "import sys; sys.argv = ['vistr', 'segment']; import vistr_cli; vistr_cli.main()"],
+        [sys.executable, "-c", "import sys; sys.argv = ['vistr', 'segment']; from vistr.tools import cli; cli.main()"],
         cwd=tmp_path, env=environment | {"PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True, timeout=600,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 import tomllib
-
-import vistr_cli
+from vistr.tools import cli as vistr_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def vistr(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vistr_cli", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "vistr.tools.cli", *args], capture_output=True, text=True, cwd=cwd,
                           env={**os.environ, "PYTHONPATH": str(ROOT), **env}, timeout=300)  # fmt: skip
 
 

@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import pytest
 from transformers import AutoConfig
-
-from configuration_vistr import VisTRConfig
+from vistr.configuration_vistr import VisTRConfig
 
 
 def test_defaults_are_the_released_r50_model():

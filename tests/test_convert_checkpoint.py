@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from fractions import Fraction
 import subprocess
 import sys
+from fractions import Fraction
 
 import pytest
 import torch
 from conftest import REPO_ROOT, require_parity_dir
-
-from convert_checkpoint import (
+from vistr.convert_checkpoint import (
     ConversionError,
     convert,
     convert_state_dict,

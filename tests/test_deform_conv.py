@@ -518,8 +518,8 @@ def test_triton_model_outputs_equal_torch_path(monkeypatch):
     """A whole VisTR forward gives the same outputs with either DCN path (the model calls deform_conv itself)."""
     if TRITON_DEVICE is None:
         pytest.skip("no GPU: these run through the interpreter in test_triton_kernels_in_interpreter")
-    from configuration_vistr import VisTRConfig
-    from modeling_vistr import VisTRForVideoInstanceSegmentation
+    from vistr.configuration_vistr import VisTRConfig
+    from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation
 
     torch.manual_seed(0)
     config = VisTRConfig(backbone="resnet18", num_frames=2, encoder_layers=1, decoder_layers=1, ffn_dim=64)

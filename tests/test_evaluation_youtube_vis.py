@@ -19,10 +19,9 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-
-import vistr_cli
-from evaluation_youtube_vis import ResultsError, evaluate, format_summary
-from youtube_vis import AnnotationError, SyntheticOptions, YouTubeVISError, synthetic_annotations
+from vistr.tools import cli as vistr_cli
+from vistr.tools.evaluation_youtube_vis import ResultsError, evaluate, format_summary
+from vistr.tools.youtube_vis import AnnotationError, SyntheticOptions, YouTubeVISError, synthetic_annotations
 
 NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 YTVIS_AREA_RANGES = [[0**2, 1e5**2], [0**2, 128**2], [128**2, 256**2], [256**2, 1e5**2]]
@@ -714,7 +713,7 @@ def test_cli_reports_bad_results_without_a_traceback(tmp_path):
 
 
 def test_score_results_gives_zeros_when_nothing_was_found():
-    from evaluation_youtube_vis import METRIC_NAMES, ResultsError, evaluate, score_results
+    from vistr.tools.evaluation_youtube_vis import METRIC_NAMES, ResultsError, evaluate, score_results
 
     truth = {"videos": [{"id": 1, "width": 4, "height": 4, "length": 1}], "categories": [{"id": 1, "name": "a"}],
              "annotations": []}

@@ -10,9 +10,8 @@ import pytest
 import torch
 from torch import nn
 from transformers.models.detr.modeling_detr import DetrFrozenBatchNorm2d
-
-from configuration_vistr import VisTRConfig
-from modeling_vistr import VisTRForVideoInstanceSegmentation
+from vistr.configuration_vistr import VisTRConfig
+from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation
 
 
 def small_config(**overrides) -> VisTRConfig:

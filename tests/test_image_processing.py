@@ -9,10 +9,9 @@ import pytest
 import torch
 from PIL import Image
 from transformers import AutoVideoProcessor
-
-import modeling_vistr  # noqa: F401  (registers the Auto classes)
-from image_processing_vistr import VisTRVideoProcessor, resized_size
-from video_io import VideoReadError
+from vistr import modeling_vistr  # noqa: F401  (registers the Auto classes)
+from vistr.image_processing_vistr import VisTRVideoProcessor, resized_size
+from vistr.video_io import VideoReadError
 
 PARITY_SIZE = {"shortest_edge": 128, "longest_edge": 640}
 

@@ -11,10 +11,9 @@ import copy
 import pytest
 import torch
 from conftest import case_inputs
-
-from configuration_vistr import VisTRConfig
-from loss_vistr import LossSettings, match_sequences, prepare_targets, sequence_cost_matrix, vistr_loss
-from modeling_vistr import VisTRForVideoInstanceSegmentation
+from vistr.configuration_vistr import VisTRConfig
+from vistr.loss_vistr import LossSettings, match_sequences, prepare_targets, sequence_cost_matrix, vistr_loss
+from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation
 
 FRAMES, INSTANCES = 4, 3
 SETTINGS = LossSettings.from_config(VisTRConfig(num_frames=FRAMES, num_queries_per_frame=10))  # 41 classes, original costs

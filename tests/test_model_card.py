@@ -9,10 +9,9 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 import yaml
-
-import convert_checkpoint
-from configuration_vistr import VisTRConfig
-from modeling_vistr import VisTRForVideoInstanceSegmentation
+from vistr import convert_checkpoint
+from vistr.configuration_vistr import VisTRConfig
+from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation
 
 
 class LocalHub:

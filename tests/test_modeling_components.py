@@ -9,10 +9,9 @@ import torch
 import torchvision
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
-
-from configuration_vistr import VisTRConfig
-from convert_checkpoint import map_state_dict
-from modeling_vistr import (
+from vistr.configuration_vistr import VisTRConfig
+from vistr.convert_checkpoint import map_state_dict
+from vistr.modeling_vistr import (
     VisTRConvBackbone,
     VisTRDecoderLayer,
     VisTREncoderLayer,

@@ -16,9 +16,8 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-
-import modeling_vistr as mv
-from configuration_vistr import VisTRConfig
+from vistr import modeling_vistr as mv
+from vistr.configuration_vistr import VisTRConfig
 
 TOL = 1e-10
 

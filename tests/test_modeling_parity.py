@@ -12,8 +12,7 @@ import copy
 import pytest
 import torch
 from conftest import PARITY_CASES, case_inputs
-
-from modeling_vistr import VisTRForVideoInstanceSegmentation, downsample_padding_mask
+from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation, downsample_padding_mask
 
 FP64_TOLERANCE = 1e-9
 FP32_TOLERANCE = {"logits": 1.5e-3, "pred_boxes": 1e-4, "pred_masks": 5e-3}

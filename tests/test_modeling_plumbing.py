@@ -14,10 +14,9 @@ from test_from_scratch import small_config, training_batch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
-
-import modeling_vistr
-from loss_vistr import ForVideoInstanceSegmentationLoss
-from modeling_vistr import PROCESSOR_LAYOUT_KEYS, VisTRForVideoInstanceSegmentation, VisTRModel
+from vistr import modeling_vistr
+from vistr.loss_vistr import ForVideoInstanceSegmentationLoss
+from vistr.modeling_vistr import PROCESSOR_LAYOUT_KEYS, VisTRForVideoInstanceSegmentation, VisTRModel
 
 
 def small_model(**overrides) -> VisTRForVideoInstanceSegmentation:
@@ -171,7 +170,7 @@ def test_inference_needs_no_scipy_and_the_loss_says_so():
         sys.path[:0] = [".", "tests"]
         import torch
         from test_from_scratch import small_config, training_batch
-        from modeling_vistr import VisTRForVideoInstanceSegmentation
+        from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation
         model = VisTRForVideoInstanceSegmentation(small_config()).eval()
         pixel_values, labels = training_batch(model.config)
         with torch.no_grad():

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
-
-import overlay
+from vistr.tools import overlay
 
 
 def instance(track_id: int, score: float, box: tuple[int, int, int, int], size=(60, 80)) -> dict:

@@ -15,11 +15,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-
-from configuration_vistr import VisTRConfig
-from image_processing_vistr import VisTRVideoProcessor
-from pipeline_vistr import VideoInstanceSegmentationPipeline, VideoSegmenter, decode_masks, save_model_folder
-from video_io import VideoReadError, iter_frames, write_video
+from vistr.configuration_vistr import VisTRConfig
+from vistr.image_processing_vistr import VisTRVideoProcessor
+from vistr.model_card import save_model_folder
+from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation
+from vistr.pipeline_vistr import VideoInstanceSegmentationPipeline, VideoSegmenter, decode_masks
+from vistr.video_io import VideoReadError, iter_frames, write_video
 
 RED_STEP = 60  # instance k is painted with red = 60 * k on a black background
 
@@ -123,7 +124,7 @@ def test_pipeline_on_the_parity_video_gives_the_original_results(fixture_model_f
 
 def test_pipeline_lists_frames_and_dtype(fixture_model_folder, parity_inputs):
     pipe = VideoInstanceSegmentationPipeline(
-        model=__import__("modeling_vistr").VisTRForVideoInstanceSegmentation.from_pretrained(fixture_model_folder).eval(),
+        model=VisTRForVideoInstanceSegmentation.from_pretrained(fixture_model_folder).eval(),
         video_processor=VisTRVideoProcessor(size={"shortest_edge": 128}), device="cpu",
     )  # fmt: skip
     video = parity_inputs["raw_video_uint8"].numpy()
@@ -141,7 +142,7 @@ def write_mp4(path, frames: np.ndarray) -> None:
 
 
 def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "vistr_cli", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "vistr.tools.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd)
 
 
 def test_cli_writes_results_and_overlays(fixture_model_folder, parity_inputs, tmp_path):

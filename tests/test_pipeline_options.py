@@ -8,9 +8,8 @@ import copy
 import numpy as np
 import pytest
 import torch
-
-from image_processing_vistr import VisTRVideoProcessor
-from pipeline_vistr import VideoInstanceSegmentationPipeline
+from vistr.image_processing_vistr import VisTRVideoProcessor
+from vistr.pipeline_vistr import VideoInstanceSegmentationPipeline
 
 SMALL = {"shortest_edge": 64}
 

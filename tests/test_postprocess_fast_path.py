@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-import image_processing_vistr as ip
-from image_processing_vistr import VisTRVideoProcessor, encode_rle
+from vistr import image_processing_vistr as ip
+from vistr.image_processing_vistr import VisTRVideoProcessor, encode_rle
 
 
 def plain_masks(logits: torch.Tensor, size, threshold: float) -> torch.Tensor:

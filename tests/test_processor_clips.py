@@ -14,9 +14,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from test_pipeline import OracleModel, iou, moving_squares
 from torch import nn
-
-from image_processing_vistr import VisTRVideoProcessor
-from pipeline_vistr import VideoSegmenter, decode_masks
+from vistr.image_processing_vistr import VisTRVideoProcessor
+from vistr.pipeline_vistr import VideoSegmenter, decode_masks
 
 SMALL = {"shortest_edge": 64}
 

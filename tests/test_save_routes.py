@@ -23,13 +23,11 @@ import torch
 from huggingface_hub import ModelCard
 from test_train_accelerate import synthetic_root, train_arguments  # noqa: F401  (fixture and helper)
 from transformers import AutoModelForInstanceSegmentation, AutoVideoProcessor
-
-import convert_checkpoint
-import train_accelerate
-from configuration_vistr import VisTRConfig
-from image_processing_vistr import VisTRVideoProcessor
-from modeling_vistr import VisTRForVideoInstanceSegmentation
-from pipeline_vistr import VideoInstanceSegmentationPipeline
+from vistr import convert_checkpoint, train_accelerate
+from vistr.configuration_vistr import VisTRConfig
+from vistr.image_processing_vistr import VisTRVideoProcessor
+from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation
+from vistr.pipeline_vistr import VideoInstanceSegmentationPipeline
 
 LOAD_EVERY_FOLDER = textwrap.dedent(
     """
@@ -39,7 +37,7 @@ LOAD_EVERY_FOLDER = textwrap.dedent(
 
     class RefuseOurModules(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
-            if name in OURS:
+            if name in OURS or name.split(".")[0] == "vistr":
                 raise ModuleNotFoundError(f"{name} is not installed here")
 
     sys.meta_path.insert(0, RefuseOurModules())

@@ -8,13 +8,12 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import AutoModelForInstanceSegmentation
-
-import train_accelerate
-from convert_checkpoint import initialization_state_dict, load_original_checkpoint
-from modeling_vistr import VisTRForVideoInstanceSegmentation
 from test_model_card import local_hub  # noqa: F401  (fixture: a local stand-in for the Hub API)
-from youtube_vis import SyntheticOptions, make_synthetic
+from transformers import AutoModelForInstanceSegmentation
+from vistr import train_accelerate
+from vistr.convert_checkpoint import initialization_state_dict, load_original_checkpoint
+from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation
+from vistr.tools.youtube_vis import SyntheticOptions, make_synthetic
 
 TINY_MODEL = ["--backbone", "resnet18", "--num-frames", "2", "--encoder-layers", "1", "--decoder-layers", "2",
               "--ffn-dim", "64", "--num-queries-per-frame", "3"]  # fmt: skip

@@ -19,8 +19,7 @@ import pytest
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
-
-from training_data import (
+from vistr.tools.training_data import (
     AugmentationOptions,
     Clip,
     TrainingDataError,
@@ -39,7 +38,7 @@ from training_data import (
     random_size_crop,
     resize_clip,
 )
-from youtube_vis import SyntheticOptions, load_youtube_vis, make_synthetic, youtube_vis_features
+from vistr.tools.youtube_vis import SyntheticOptions, load_youtube_vis, make_synthetic, youtube_vis_features
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)

@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
-
-import vistr_cli
-from youtube_vis import (
+from vistr.tools import cli as vistr_cli
+from vistr.tools.youtube_vis import (
     AnnotationError,
     SyntheticOptions,
     YouTubeVISError,

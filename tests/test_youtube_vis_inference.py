@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import vistr_cli
-import youtube_vis_inference
-from configuration_vistr import VisTRConfig
-from evaluation_youtube_vis import evaluate
-from modeling_vistr import VisTRForVideoInstanceSegmentation
-from pipeline_vistr import save_model_folder
-from youtube_vis import SyntheticOptions, make_synthetic, synthetic_categories
+from vistr.configuration_vistr import VisTRConfig
+from vistr.model_card import save_model_folder
+from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation
+from vistr.tools import cli as vistr_cli
+from vistr.tools import youtube_vis_inference
+from vistr.tools.evaluation_youtube_vis import evaluate
+from vistr.tools.youtube_vis import SyntheticOptions, make_synthetic, synthetic_categories
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,7 +109,7 @@ def test_two_processes_write_the_file_of_one(split, model_folder, tmp_path):
     double = tmp_path / "double.json"
     annotation_file, frames_root = split
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-               "-m", "vistr_cli", "segment", "--annotations", str(annotation_file), "--frames-root", str(frames_root),
+               "-m", "vistr.tools.cli", "segment", "--annotations", str(annotation_file), "--frames-root", str(frames_root),
                "--model", str(model_folder), "--output", str(double), "--device", "cpu"]  # fmt: skip
     env = {key: value for key, value in os.environ.items() if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     finished = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

@@ -208,8 +208,9 @@ def _write_gif(frames: Iterable[Image.Image], path: Path, fps: float) -> int:
 
 
 def _write_with_pyav(frames: Iterable[Image.Image], path: Path, fps: float) -> int:
-    import av
     from fractions import Fraction
+
+    import av
 
     count = 0
     with av.open(str(path), mode="w") as container:

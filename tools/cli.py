@@ -18,11 +18,10 @@ from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-import convert_checkpoint
-import evaluation_youtube_vis
-import youtube_vis
-from video_io import VideoReadError
-from youtube_vis import YouTubeVISError
+from vistr import convert_checkpoint
+from vistr.tools import evaluation_youtube_vis, youtube_vis
+from vistr.tools.youtube_vis import YouTubeVISError
+from vistr.video_io import VideoReadError
 
 
 class ModelNotFoundError(ValueError):
@@ -32,8 +31,7 @@ class ModelNotFoundError(ValueError):
 def _load_model(model_path: str, **kwargs):
     """The model of a folder or Hub id through the Auto class; one line naming the problem if there is none."""
     from transformers import AutoModelForInstanceSegmentation
-
-    import modeling_vistr  # noqa: F401  (registers VisTR with the Auto classes)
+    from vistr import modeling_vistr  # noqa: F401  (registers VisTR with the Auto classes)
 
     path = Path(model_path)
     looks_local = path.is_absolute() or model_path.startswith(".") or model_path.count("/") > 1
@@ -75,7 +73,7 @@ def _inspect(args: argparse.Namespace) -> None:
 
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"  # the package root's assets/
 BUNDLED_MODEL = ASSETS / "vistr-tiny-synthetic"
 SAMPLE_VIDEO = ASSETS / "sample.mp4"
 DEFAULT_OUTPUT_DIR = "vistr-output"
@@ -84,11 +82,9 @@ DEFAULT_OUTPUT_DIR = "vistr-output"
 def _load_for_inference(model_path: str, device: str | None, dtype: str):
     """Model (eval, on device, in dtype) and its video processor (the default one if the folder has none)."""
     import torch
-    from transformers import AutoVideoProcessor
-
-    from image_processing_vistr import VisTRVideoProcessor
-
     from accelerate import PartialState
+    from transformers import AutoVideoProcessor
+    from vistr.image_processing_vistr import VisTRVideoProcessor
 
     # Under `accelerate launch` / torchrun each process takes its own GPU, or the CPU (gloo) when there is none.
     use_cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
@@ -131,7 +127,7 @@ def _segment(args: argparse.Namespace) -> None:
         raise YouTubeVISError(f"--threshold must be between 0 and 1, not {args.threshold}")
     model, processor = _load_for_inference(args.model, args.device, args.dtype)
     if split_job:
-        from youtube_vis_inference import run_split
+        from vistr.tools.youtube_vis_inference import run_split
 
         run_split(model, processor, args.annotations, args.frames_root, args.output, zip_path=args.zip,
                   score=args.evaluate, stride=args.stride, mask_threshold=args.mask_threshold, model_name=args.model)
@@ -144,11 +140,10 @@ def _segment_inputs(args: argparse.Namespace, model, processor) -> None:
     import json
 
     from tqdm.auto import tqdm
-
-    from overlay import overlay_frames
-    from pipeline_vistr import VideoSegmenter
-    from video_io import atomic_path, iter_frames, video_fps, write_video
-    from youtube_vis_inference import video_results
+    from vistr.pipeline_vistr import VideoSegmenter
+    from vistr.tools.overlay import overlay_frames
+    from vistr.tools.youtube_vis_inference import video_results
+    from vistr.video_io import atomic_path, iter_frames, video_fps, write_video
 
     segmenter = VideoSegmenter(model, processor, stride=args.stride, mask_threshold=args.mask_threshold)
     videos = []

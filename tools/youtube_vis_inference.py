@@ -2,7 +2,7 @@
 
     vistr segment --annotations valid/instances_val_sub.json --frames-root valid/JPEGImages \\
         --model vistr-r50 --output results.json --zip results.zip
-    accelerate launch -m vistr_cli segment --annotations ... (same options: videos are split over processes)
+    accelerate launch -m vistr.tools.cli segment --annotations ... (same options: videos are split over processes)
 
 Every video of the annotation file is read in its `file_names` order and segmented like a single
 video (short ones repeat frames, long ones are linked across clips). Each finished video is kept in
@@ -26,12 +26,11 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-
-from evaluation_youtube_vis import format_summary, score_results
-from image_processing_vistr import VisTRVideoProcessor
-from pipeline_vistr import VideoSegmenter
-from video_io import VideoReadError, atomic_path
-from youtube_vis import AnnotationError, read_json
+from vistr.image_processing_vistr import VisTRVideoProcessor
+from vistr.pipeline_vistr import VideoSegmenter
+from vistr.tools.evaluation_youtube_vis import format_summary, score_results
+from vistr.tools.youtube_vis import AnnotationError, read_json
+from vistr.video_io import VideoReadError, atomic_path
 
 RUN_FILE = "run.json"
 

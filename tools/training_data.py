@@ -53,9 +53,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from pycocotools import mask as mask_utils
-
-from image_processing_vistr import IMAGENET_MEAN, IMAGENET_STD, VisTRVideoProcessor, resized_size
-from youtube_vis import YouTubeVISError
+from vistr.image_processing_vistr import IMAGENET_MEAN, IMAGENET_STD, VisTRVideoProcessor, resized_size
+from vistr.tools.youtube_vis import YouTubeVISError
 
 
 class TrainingDataError(YouTubeVISError):

@@ -41,8 +41,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
-
-from youtube_vis import AnnotationError, YouTubeVISError, check_annotation_fields, read_json, rle_areas
+from vistr.tools.youtube_vis import AnnotationError, YouTubeVISError, check_annotation_fields, read_json, rle_areas
 
 # The official parameters (ytvoseval.Params.setDetParams), built the same way so the floats are identical.
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)

@@ -1,0 +1,78 @@
+"""The shape of the code: what is installed, how modules import each other, where registration happens."""
+
+from __future__ import annotations
+
+import ast
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# the files that travel with the weights (remote code): flat in one folder, siblings imported relatively
+MODEL_FILES = ["configuration_vistr", "modeling_vistr", "loss_vistr", "deform_conv", "image_processing_vistr",
+               "video_io", "pipeline_vistr", "model_card"]  # fmt: skip
+ROOT_TOOLS = ["convert_checkpoint", "train_accelerate"]
+TOOLS = sorted(path.stem for path in (ROOT / "tools").glob("*.py") if path.stem != "__init__")
+OUR_NAMES = set(MODEL_FILES + ROOT_TOOLS + TOOLS)
+
+
+def _imports(path: Path) -> list[ast.ImportFrom | ast.Import]:
+    return [node for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, (ast.Import, ast.ImportFrom))]
+
+
+def test_only_the_vistr_package_is_installed():
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "py-modules" not in setuptools
+    assert setuptools["packages"] == ["vistr", "vistr.tools"]
+    assert setuptools["package-dir"] == {"vistr": ".", "vistr.tools": "tools"}
+
+
+def test_the_root_holds_exactly_the_model_and_the_two_documented_scripts():
+    assert sorted(path.stem for path in ROOT.glob("*.py")) == sorted(["__init__", *MODEL_FILES, *ROOT_TOOLS])
+
+
+def test_model_files_import_siblings_relatively_and_nothing_else_of_ours():
+    for name in MODEL_FILES:
+        for node in _imports(ROOT / f"{name}.py"):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                assert node.level == 1 and node.module in MODEL_FILES, f"{name}.py: from {'.' * node.level}{node.module}"
+            else:
+                modules = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module]
+                assert not any(module.split(".")[0] in OUR_NAMES | {"vistr"} for module in modules), (name, modules)
+
+
+def test_tools_import_the_package_by_its_absolute_name():
+    for path in [*(ROOT / f"{name}.py" for name in ROOT_TOOLS), *(ROOT / "tools").glob("*.py")]:
+        for node in _imports(path):
+            assert not (isinstance(node, ast.ImportFrom) and node.level), f"{path.name}: relative import"
+            modules = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module]
+            assert not any(module.split(".")[0] in OUR_NAMES for module in modules), (path.name, modules)
+
+
+def test_no_module_hides_import_errors():
+    for path in [*ROOT.glob("*.py"), *(ROOT / "tools").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ExceptHandler) and isinstance(node.type, ast.Name):
+                imports = [child for child in node.body if isinstance(child, (ast.Import, ast.ImportFrom))]
+                assert not (node.type.id == "ImportError" and imports), f"{path.name}: import fallback"
+
+
+def test_auto_classes_and_pipeline_are_registered_in_one_place():
+    registering = set()
+    for path in [*ROOT.glob("*.py"), *(ROOT / "tools").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                if node.func.attr in ("register", "register_pipeline"):
+                    registering.add(path.relative_to(ROOT).as_posix())
+    assert registering == {"__init__.py"}
+
+
+def test_importing_any_module_registers_vistr():
+    import subprocess
+    import sys
+
+    script = ("import vistr.configuration_vistr\nfrom transformers import AutoConfig\n"
+              "from transformers.pipelines import PIPELINE_REGISTRY\n"
+              "print(AutoConfig.for_model('vistr').__class__.__module__, 'video-instance-segmentation' in "
+              "PIPELINE_REGISTRY.get_supported_tasks())")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT / "tests")
+    assert done.stdout.split() == ["vistr.configuration_vistr", "True"], done.stderr[-2000:]
