@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import torchvision
+from transformers.backbone_utils import load_backbone
+from transformers.models.detr.modeling_detr import replace_batch_norm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_forward import cpu_name  # noqa: E402
@@ -29,16 +31,13 @@ from vistr.configuration_vistr import VisTRConfig  # noqa: E402
 from vistr.deform_conv import deform_conv2d  # noqa: E402
 
 
-def _fold_nchw(backbone, frames):
-    """Frozen batch norm folded, but NCHW (to separate the fold from the layout)."""
-    model = backbone.model
-    x = model.maxpool(F.relu(mv._conv_frozen_batch_norm(frames, model.conv1, model.bn1), inplace=True))
-    levels = []
-    for blocks in mv._fusable_resnet_blocks(model):
-        for block in blocks:
-            x = mv._fused_block(block, x)
-        levels.append(x)
-    return levels
+def _unfolded(config: VisTRConfig, backbone: mv.VisTRConvBackbone) -> torch.nn.Module:
+    """The same timm backbone and weights with its frozen batch norms as ops (not folded)."""
+    features = load_backbone(config)
+    with torch.no_grad():
+        replace_batch_norm(features)
+    features._backbone.load_state_dict(backbone.model.state_dict())
+    return features._backbone.eval()
 
 
 def _instance_head_ncdhw(head, x):
@@ -75,6 +74,7 @@ def build_parts(config: VisTRConfig, frames: int, height: int, width: int):
     slots, d = config.num_queries_per_frame, config.d_model
     clip = torch.randn(frames, 3, height, width, generator=g)
     backbone = model.vistr.backbone
+    unfolded = _unfolded(config, backbone)
     head = model.mask_head
     memory = torch.randn(frames, d, h32, w32, generator=g)
     maps = torch.rand(frames, slots, config.num_attention_heads, h32, w32, generator=g)
@@ -101,8 +101,8 @@ def build_parts(config: VisTRConfig, frames: int, height: int, width: int):
 
     return {
         "backbone (36 frames)": {
-            "timm forward, frozen BN as ops (before)": lambda: list(backbone.model(clip)),
-            "BN folded into conv, NCHW": lambda: _fold_nchw(backbone, clip),
+            "timm forward, frozen BN as ops (before)": lambda: list(unfolded(clip)),
+            "BN folded into conv, NCHW": lambda: list(backbone.model(clip)),
             "BN folded, channels-last (now)": lambda: backbone(clip),
         },
         "mask head lay1 (360 pairs)": {

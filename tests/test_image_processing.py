@@ -80,6 +80,34 @@ def test_resized_size_follows_the_original_rule():
     assert resized_size(300, 400, 300) == (300, 400)
 
 
+def _default_size(height: int, width: int) -> tuple[int, int]:
+    options = VisTRVideoProcessor().preprocess_options({})
+    return resized_size(height, width, options.shortest_edge, options.longest_edge)
+
+
+def test_default_size_caps_the_long_side_of_thin_frames():
+    """Shortest edge to 300 alone made a 3 x 1000 frame 300 x 100000 (1.4 GB in one allocation)."""
+    assert _default_size(3, 1000) == (4, 1333)
+    assert _default_size(640, 32) == (1340, 67)  # the other side scaled and truncated, as the original's max_size
+    frames = np.zeros((1, 20, 400, 3), dtype=np.uint8)
+    assert VisTRVideoProcessor(num_frames=1)(videos=frames)["pixel_values"].shape == (1, 1, 3, 67, 1340)
+
+
+@pytest.mark.parametrize("height,width,expected", [(720, 1280, (300, 533)), (1280, 720, (533, 300)),
+                                                   (480, 640, (300, 400)), (817, 1920, (300, 705))])
+def test_default_size_is_the_originals_for_camera_aspect_ratios(height, width, expected):
+    assert _default_size(height, width) == expected  # 4:3, 16:9 either way, 2.35:1: the cap does not bite
+
+
+def test_training_scales_pixels_exactly_as_the_processor():
+    from vistr.tools.training_data import _normalized_pixels
+
+    rng = np.random.default_rng(0)
+    frames = [Image.fromarray(rng.integers(0, 256, (9, 13, 3), dtype=np.uint8)) for _ in range(2)]
+    batch = VisTRVideoProcessor(num_frames=2)(videos=frames, do_resize=False)
+    assert torch.equal(batch["pixel_values"][0], _normalized_pixels(frames))
+
+
 @pytest.mark.parametrize("mode", ["L", "RGBA", "RGB"])
 def test_grayscale_rgba_and_odd_sizes(mode):
     rng = np.random.default_rng(0)

@@ -1,7 +1,7 @@
 """The speed-ups of modeling_vistr.py compute what the plain modules compute (float64, round-off only).
 
-* backbone: frozen batch norms folded into the convolutions, channels-last on CPU (values and
-  gradients), with a fallback to timm's forward for layouts it does not know;
+* backbone: frozen batch norms folded into the convolutions once (frozen_batch_norm.py), channels-last on
+  CPU (values and gradients), checkpoint names unchanged, nothing folded where the data flow does not allow it;
 * mask head: lay1 split into a per-frame memory share and a per-query attention-map share, the FPN
   sums as one broadcast add;
 * instance head: channels-last 3-D convolutions and the output convolution as a matrix product.
@@ -16,8 +16,12 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+from transformers.backbone_utils import load_backbone
+from transformers.models.detr.modeling_detr import DetrFrozenBatchNorm2d, replace_batch_norm
 from vistr import modeling_vistr as mv
 from vistr.configuration_vistr import VisTRConfig
+from vistr.frozen_batch_norm import FrozenBatchNormConv2d, fold_frozen_batch_norms
 
 TOL = 1e-10
 
@@ -31,57 +35,101 @@ def _close(actual: torch.Tensor, expected: torch.Tensor, tol: float = TOL) -> No
 # ------------------------------------------------------------------ backbone
 
 
-def _backbone(backbone: str, **config) -> mv.VisTRConvBackbone:
+def _frozen_timm_backbone(backbone: str, **config) -> nn.Module:
+    """The timm backbone VisTR builds, frozen norms not folded, with non-trivial statistics to fold."""
     torch.manual_seed(0)
-    module = mv.VisTRConvBackbone(VisTRConfig(backbone=backbone, **config)).double().eval()
-    # non-trivial frozen statistics, so that the fold has something to fold
-    for norm in module.modules():
-        if isinstance(norm, mv.DetrFrozenBatchNorm2d):
-            norm.weight.uniform_(0.5, 1.5)
-            norm.bias.normal_(0, 0.1)
-            norm.running_mean.normal_(0, 0.1)
-            norm.running_var.uniform_(0.5, 2.0)
-    return module
+    features = load_backbone(VisTRConfig(backbone=backbone, **config))
+    with torch.no_grad():
+        replace_batch_norm(features)
+        for norm in features.modules():
+            if isinstance(norm, DetrFrozenBatchNorm2d):
+                norm.weight.uniform_(0.5, 1.5)
+                norm.bias.normal_(0, 0.1)
+                norm.running_mean.normal_(0, 0.1)
+                norm.running_var.uniform_(0.5, 2.0)
+    return features._backbone.double().eval()
 
 
-@pytest.mark.parametrize("backbone,config", [("resnet50", {}), ("resnet18", {}), ("resnet50", {"dilation": True})])
-def test_folded_backbone_equals_timm_forward(backbone, config):
-    module = _backbone(backbone, **config)
-    assert mv._fusable_resnet_blocks(module.model) is not None
+def _frozen_norms(model: nn.Module) -> int:
+    return sum(isinstance(module, DetrFrozenBatchNorm2d) for module in model.modules())
+
+
+@pytest.mark.parametrize(
+    "backbone,config", [("resnet50", {}), ("resnet18", {}), ("resnet50", {"dilation": True}), ("resnet10t", {})]
+)
+def test_folding_keeps_every_name_and_the_outputs(backbone, config):
+    plain = _frozen_timm_backbone(backbone, **config)
+    folded = copy.deepcopy(plain)
+    assert fold_frozen_batch_norms(folded) == _frozen_norms(plain)  # every norm follows a convolution
+    assert fold_frozen_batch_norms(folded) == 0  # once
+    assert not any(type(module) is DetrFrozenBatchNorm2d for module in folded.modules())
+    assert list(folded.state_dict()) == list(plain.state_dict())
     frames = torch.randn(2, 3, 64, 96, dtype=torch.float64)
     with torch.no_grad():
-        fused = module(frames)
-        plain = list(module.model(frames))
-    assert len(fused) == len(plain) == 4
-    for a, b in zip(fused, plain):
-        _close(a, b)
+        for a, b in zip(folded(frames.contiguous(memory_format=torch.channels_last)), plain(frames), strict=True):
+            _close(a, b)
+
+
+def test_folded_convolutions_read_the_weights_loaded_after_folding():
+    """from_pretrained and .to() change the tensors after construction: the fold uses the current ones."""
+    plain = _frozen_timm_backbone("resnet18")
+    folded = copy.deepcopy(plain).float()
+    with torch.no_grad():
+        for norm in folded.modules():
+            if isinstance(norm, DetrFrozenBatchNorm2d):
+                norm.running_mean.fill_(5.0)  # statistics that only stale tensors would still hold
+    fold_frozen_batch_norms(folded)
+    folded.double()  # new buffer tensors
+    folded.load_state_dict(plain.state_dict())  # copied into them
+    frames = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        for a, b in zip(folded(frames), plain(frames), strict=True):
+            _close(a, b)
 
 
 def test_folded_backbone_gradients_equal_timm_forward():
-    module = _backbone("resnet18")
+    plain = _frozen_timm_backbone("resnet18")
+    folded = copy.deepcopy(plain)
+    fold_frozen_batch_norms(folded)
     frames = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     grads = []
-    for forward in (module, lambda x: list(module.model(x))):
-        module.zero_grad()
-        sum(level.square().mean() for level in forward(frames)).backward()
-        grads.append({n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None})
-    assert grads[0].keys() == grads[1].keys() and any(n.startswith("model.layer4") for n in grads[0])
+    for model in (folded, plain):
+        sum(level.square().mean() for level in model(frames)).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and any(n.startswith("layer4") for n in grads[0])
     for name in grads[0]:
         _close(grads[0][name], grads[1][name])
 
 
-def test_unknown_backbone_layouts_use_timms_forward():
-    deep_stem = mv.VisTRConvBackbone(VisTRConfig(backbone="resnet10t"))
-    assert mv._fusable_resnet_blocks(deep_stem.model) is None  # conv1 is a Sequential (deep stem)
-    module = _backbone("resnet18")
-    assert mv._fusable_resnet_blocks(module.model) is not None
-    seen = []
-    handle = module.model.layer2[0].conv1.register_forward_hook(lambda *args: seen.append(1))
-    assert mv._fusable_resnet_blocks(module.model) is None  # a hook inside: do not inline
-    with torch.no_grad():
-        module(torch.randn(1, 3, 64, 64, dtype=torch.float64))
-    assert seen == [1]
-    handle.remove()
+@pytest.mark.parametrize("norm", ["frozen_batch_norm", "batch_norm", "group_norm"])
+def test_only_frozen_norms_are_folded(norm):
+    backbone = mv.VisTRConvBackbone(VisTRConfig(backbone="resnet18", backbone_norm=norm))
+    folds = sum(isinstance(module, FrozenBatchNormConv2d) for module in backbone.modules())
+    assert folds == (20 if norm == "frozen_batch_norm" else 0)
+    assert backbone.channels_last_on_cpu == (norm == "frozen_batch_norm")
+
+
+class _ConvReadTwice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.norm = nn.Conv2d(3, 4, 3), DetrFrozenBatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.norm(y) + y  # the norm's input is read again: folding it would change the sum
+
+
+class _DataDependent(_ConvReadTwice):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x)) if x.sum() > 0 else x  # fx cannot trace a branch on values
+
+
+def test_a_norm_is_folded_only_where_it_alone_reads_its_convolution():
+    assert fold_frozen_batch_norms(nn.Sequential(nn.Conv2d(3, 4, 3), DetrFrozenBatchNorm2d(4))) == 1
+    assert fold_frozen_batch_norms(_ConvReadTwice()) == 0
+    model = _DataDependent()
+    assert fold_frozen_batch_norms(model) == 0  # left as it is: its own forward, unfolded
+    model(torch.ones(1, 3, 5, 5))
 
 
 # ------------------------------------------------------------------ heads

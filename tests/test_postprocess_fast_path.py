@@ -2,7 +2,7 @@
 
 Plain: F.interpolate(bilinear, align_corners=False) to the frame size, sigmoid, > threshold. Fast:
 cells decided from their corners, only edge cells interpolated, with the kernel's arithmetic
-reproduced bit for bit (image_processing_vistr._upsample_threshold_by_cells).
+reproduced bit for bit (mask_upsampling.upsample_and_threshold_by_cells).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from vistr import image_processing_vistr as ip
-from vistr.image_processing_vistr import VisTRVideoProcessor, encode_rle
+from vistr import mask_upsampling as mu
+from vistr.image_processing_vistr import MIN_FRAME_SCORE, VisTRVideoProcessor, encode_rle
 
 
 def plain_masks(logits: torch.Tensor, size, threshold: float) -> torch.Tensor:
@@ -39,7 +39,7 @@ def blobs(n: int, h: int, w: int, seed: int, scale: float = 6.0) -> torch.Tensor
 
 
 def needs_fast_path():
-    if ip._bilinear_arithmetic(torch.float32) is None:
+    if mu.bilinear_arithmetic(torch.float32) is None:
         pytest.skip("this PyTorch build's bilinear kernel is not reproduced bit for bit: the plain path is used")
 
 
@@ -48,7 +48,7 @@ def needs_fast_path():
 def test_fast_masks_equal_plain_masks(h, w, size, threshold):
     needs_fast_path()
     logits = blobs(12, h, w, seed=h * w)
-    fast = ip._upsample_threshold_by_cells(logits, size, threshold)
+    fast = mu.upsample_and_threshold_by_cells(logits, size, threshold)
     assert fast is not None
     masks, nonempty = fast
     expected = plain_masks(logits, size, threshold)
@@ -60,10 +60,10 @@ def test_fast_masks_equal_plain_masks(h, w, size, threshold):
 
 def test_fast_path_reproduces_the_kernel_values_bit_for_bit():
     needs_fast_path()
-    fused = ip._bilinear_arithmetic(torch.float32)
+    fused = mu.bilinear_arithmetic(torch.float32)
     logits = torch.randn(4, 19, 27, generator=torch.Generator().manual_seed(1)) * 7
     expected = F.interpolate(logits[:, None], size=(333, 517), mode="bilinear", align_corners=False)[:, 0]
-    assert torch.equal(ip._bilinear(logits, (333, 517), fused), expected)
+    assert torch.equal(mu._bilinear(logits, (333, 517), fused), expected)
 
 
 def test_masks_are_column_major_and_encode_like_a_contiguous_copy():
@@ -90,8 +90,8 @@ def test_other_cases_take_the_plain_path_with_the_same_result(case):
         threshold = 0.999
     else:
         size = (40, 60)
-    if case != "float64" or ip._bilinear_arithmetic(torch.float64) is None:
-        assert ip._upsample_threshold_by_cells(logits, size, threshold) is None
+    if case != "float64" or mu.bilinear_arithmetic(torch.float64) is None:
+        assert mu.upsample_and_threshold_by_cells(logits, size, threshold) is None
     masks, nonempty = VisTRVideoProcessor._frame_masks_and_nonempty(logits, size, None, threshold)
     assert torch.equal(masks, plain_masks(logits, size, threshold))
     assert torch.equal(nonempty, masks.flatten(1).any(1))
@@ -112,6 +112,6 @@ def test_post_processing_of_a_float32_clip_equals_the_plain_computation(referenc
         assert torch.equal(instance["masks"], binary[:, instance["id"]])
     results = processor.to_youtube_vis_results(processed, video_ids=[1])
     plain = [{"video_id": 1, "score": float(scores[:, s].mean()), "category_id": processor.majority_label(labels[:, s]),
-              "segmentations": [None if scores[t, s] < ip.MIN_FRAME_SCORE else encode_rle(binary[t, s]) for t in range(4)]}
+              "segmentations": [None if scores[t, s] < MIN_FRAME_SCORE else encode_rle(binary[t, s]) for t in range(4)]}
              for s in kept]
     assert json.dumps(results) == json.dumps(plain)

@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from pycocotools import mask as mask_utils
-from vistr.image_processing_vistr import IMAGENET_MEAN, IMAGENET_STD, VisTRVideoProcessor, resized_size
+from vistr.image_processing_vistr import VisTRVideoProcessor, rescale_and_normalize, resized_size
 from vistr.tools.youtube_vis import YouTubeVISError
 
 
@@ -480,12 +480,9 @@ def clip_to_example(clip: Clip) -> dict:
 
 
 def _normalized_pixels(frames: Sequence[Image.Image]) -> torch.Tensor:
-    """ToTensor (0..1) + ImageNet Normalize, as the original, for all frames at once."""
+    """All frames at once at the model's input scale, as the processor scales them (ToTensor + Normalize)."""
     pixels = torch.from_numpy(np.stack([np.asarray(frame, dtype=np.uint8) for frame in frames]))
-    pixels = pixels.permute(0, 3, 1, 2).float().div(255)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
-    return pixels.sub(mean).div(std)
+    return rescale_and_normalize(pixels.permute(0, 3, 1, 2).float())
 
 
 @functools.cache
