@@ -13,15 +13,15 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
-import tempfile
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
 from vistr.configuration_vistr import VisTRConfig, youtube_vis_2019_id2label
 from vistr.model_card import build_model_card, file_sha256, push_to_hub, save_model_card, save_model_folder
 from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation
+from vistr.tools.outputs import Outputs, UsageError, positive_int
 
 
 class ConversionError(ValueError):
@@ -87,11 +87,7 @@ def load_original_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.T
         with torch.serialization.safe_globals([argparse.Namespace]):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for damaged or foreign files
-        raise ConversionError(
-            f"{path}: could not be read as a PyTorch checkpoint ({type(error).__name__}: {error}). The file may be "
-            "truncated (download it again and compare its size) or not a .pth file; objects other than tensors "
-            "and argparse.Namespace are refused on purpose, so only original VisTR checkpoints load."
-        ) from error
+        raise ConversionError(_unreadable_reason(path, error)) from None
     if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("model"), Mapping):
         state, args = dict(checkpoint["model"]), checkpoint.get("args")
     elif isinstance(checkpoint, Mapping) and checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
@@ -103,7 +99,28 @@ def load_original_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.T
         )
     if args is not None and not isinstance(args, argparse.Namespace):
         args = None
+    check_finite(state, path)
     return state, args
+
+
+def _unreadable_reason(path: Path, error: Exception) -> str:
+    """One line for a file torch cannot load safely. Torch's own message is not passed on: it advises
+    `weights_only=False`, which would run whatever code the file carries."""
+    refused = re.search(r"GLOBAL (\S+)", str(error))
+    if refused:
+        return (f"{path} holds Python objects other than tensors ({refused.group(1)}), which are refused because "
+                "loading them could run code; pass an original VisTR checkpoint (tensors and training args only)")
+    return (f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}); the file may be truncated (download "
+            "it again and compare its size) or not a .pth file at all")
+
+
+def check_finite(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Refuse NaN or infinite weights: the model would load and then write NaN scores for every video."""
+    broken = [name for name, tensor in state.items()
+              if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all()]  # fmt: skip
+    if broken:
+        raise ConversionError(f"{path}: {len(broken)} tensors hold NaN or infinite values (first: {', '.join(broken[:3])}); "
+                              "the file is damaged or from a diverged run: use another checkpoint")  # fmt: skip
 
 
 def check_is_vistr(state: Mapping[str, torch.Tensor], path: str) -> None:
@@ -312,35 +329,19 @@ def initialization_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor
     return mapped
 
 
-def write_folder_atomically(output: str | os.PathLike, overwrite: bool, fill: Callable[[Path], None]) -> Path:
+def write_folder_atomically(
+    output: str | os.PathLike, overwrite: bool, fill: Callable[[Path], None], inputs: Iterable[str | os.PathLike] = ()
+) -> Path:
     """Build the folder next to `output` with `fill`, then rename it into place.
 
-    An existing non-empty folder is replaced only with `overwrite`, and only once the new one is
+    An existing non-empty folder is replaced only with `overwrite`, only if it is a model folder (holds
+    config.json), never if it is or holds one of `inputs` (the checkpoint), and only once the new one is
     complete, so a failed run never leaves a half-written model where a good one was.
     """
-    output = Path(output).resolve()
-    if output.exists() and not output.is_dir():
-        raise ConversionError(f"{output} exists and is not a folder; choose another --output.")
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise ConversionError(f"{output} is not empty; pass --overwrite to replace it, or choose another --output.")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
-    try:
-        fill(staging)
-        if output.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
-            os.replace(output, retired / output.name)
-            os.replace(staging, output)
-            shutil.rmtree(retired)
-        else:
-            os.replace(staging, output)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    return output
+    with Outputs(inputs) as outputs:  # the checks (UsageError) come before `fill` does any work
+        fill(outputs.folder(output, "--output", replace_if="config.json" if overwrite else None,
+                            if_not_empty="pass --overwrite to replace it, or choose another --output"))
+    return Path(output).resolve()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -352,28 +353,21 @@ def main(argv: list[str] | None = None) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="original VisTR .pth file")
     parser.add_argument("--output", required=True, help="folder to write (weights, configs, processor, code)")
-    parser.add_argument("--num-frames", type=int, default=None, help="frames per clip, for files without args")
+    parser.add_argument("--num-frames", type=positive_int, default=None, help="frames per clip, for files without args")
     parser.add_argument("--dilation", action="store_true", default=None, help="DC5 backbone, for files without args")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
     parser.add_argument("--push-to-hub", metavar="REPO", help="also upload the folder to this Hub repo")
 
 
 def run(args: argparse.Namespace) -> None:
-    model = convert(args.checkpoint, num_frames=args.num_frames, dilation=args.dilation)
-    card = build_model_card(
-        model.config, name=args.push_to_hub or Path(args.output).name, datasets=["youtube_vis"],
-        provenance=(
-            f"Converted with `convert_checkpoint.py` from the original VisTR checkpoint `{Path(args.checkpoint).name}` "
-            f"(SHA-256 `{file_sha256(args.checkpoint)}`); outputs equal the original implementation's "
-            "(float64 parity tests against golden data of the original code)."
-        ),
-    )  # fmt: skip
+    """`vistr convert`: --output is checked (and staged) first, so no conversion runs for a path it cannot write."""
+    model = None
 
     def fill(folder: Path) -> None:
-        save_model_folder(model, folder)
-        save_model_card(folder, card)
+        nonlocal model
+        model = _convert_into(args, folder)
 
-    output = write_folder_atomically(args.output, args.overwrite, fill)
+    output = write_folder_atomically(args.output, args.overwrite, fill, inputs=[args.checkpoint])
     c = model.config
     print(
         f"Converted {args.checkpoint} -> {output}\n"
@@ -384,8 +378,27 @@ def run(args: argparse.Namespace) -> None:
         print(f"  uploaded: {push_to_hub(output, args.push_to_hub)}")
 
 
+def _convert_into(args: argparse.Namespace, folder: Path) -> VisTRForVideoInstanceSegmentation:
+    model = convert(args.checkpoint, num_frames=args.num_frames, dilation=args.dilation)
+    card = build_model_card(
+        model.config, name=args.push_to_hub or Path(args.output).name, datasets=["youtube_vis"],
+        provenance=(
+            f"Converted with `convert_checkpoint.py` from the original VisTR checkpoint `{Path(args.checkpoint).name}` "
+            f"(SHA-256 `{file_sha256(args.checkpoint)}`); outputs equal the original implementation's "
+            "(float64 parity tests against golden data of the original code)."
+        ),
+    )  # fmt: skip
+
+    save_model_folder(model, folder)
+    save_model_card(folder, card)
+    return model
+
+
 if __name__ == "__main__":
     try:
         main()
+    except UsageError as error:  # a bad --output: exit code 2, as for any bad argument
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     except ConversionError as error:
         raise SystemExit(f"error: {error}") from None

@@ -38,6 +38,7 @@ from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation
 from vistr.pipeline_vistr import VideoSegmenter
 from vistr.tools.backbone_pretraining import BoxClassifier, pretrain_backbone
 from vistr.tools.evaluation_youtube_vis import score_results
+from vistr.tools.outputs import Outputs, UsageError, finite_or_none, replace_folder
 from vistr.tools.training_data import AugmentationOptions, TrainTransform, VisTRClipDataset, collate_fn
 from vistr.tools.youtube_vis import load_youtube_vis, read_json, split_by_video_id
 
@@ -237,18 +238,17 @@ def save_checkpoint(
     With the model's config and processor beside the weights, a checkpoint folder also loads as a model
     (`from_pretrained`, `vistr segment --model`), to evaluate or package a run while it trains."""
     final = output_dir / "checkpoints" / f"step-{step:08d}"
-    staging = final.with_name(final.name + ".tmp")
+    staging = final.with_name(final.name + ".tmp")  # one name every process agrees on (save_state writes from all)
     if accelerator.is_main_process and staging.exists():
-        shutil.rmtree(staging)
+        shutil.rmtree(staging)  # left by a run that was killed while saving: ours, never complete
     accelerator.wait_for_everyone()
     accelerator.save_state(str(staging))
     if accelerator.is_main_process:
-        (staging / STATE_FILE).write_text(json.dumps({"step": step, "epoch": epoch, "history": history}))
+        state = finite_or_none({"step": step, "epoch": epoch, "history": history})  # a diverged loss is kept as null
+        (staging / STATE_FILE).write_text(json.dumps(state, allow_nan=False))
         config.save_pretrained(staging)
         processor.save_pretrained(staging)
-        if final.exists():  # the same step saved again (end of training on a checkpointing step)
-            shutil.rmtree(final)
-        os.replace(staging, final)
+        replace_folder(staging, final)  # the same step saved again replaces the old copy only once complete
     accelerator.wait_for_everyone()
 
 
@@ -268,7 +268,7 @@ def plot_loss_curve(history: list[dict], path: Path, size: tuple[int, int] = (80
     margin = 50
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
-    points = [(entry["step"], entry["loss"]) for entry in history if math.isfinite(entry["loss"])]
+    points = [(entry["step"], entry["loss"]) for entry in history if entry["loss"] is not None and math.isfinite(entry["loss"])]
     draw.rectangle([margin, margin // 2, width - margin // 2, height - margin], outline="black")
     if len(points) >= 2:
         steps, losses = zip(*points)
@@ -436,17 +436,15 @@ class Run:
         if not self.accelerator.is_main_process:
             return final
         model = self.accelerator.unwrap_model(self.model)
-        staging = final.with_name("model.tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        save_model_folder(model, staging, self.processor)
-        save_model_card(staging, build_model_card(
-            model.config, name=self.args.push_to_hub or final.name, provenance=self._provenance(),
-            datasets=[Path(self.args.data_root).name], metrics=metrics,
-            metrics_split=f"{len(self.validation_rows)} held-out videos of {Path(self.args.data_root).name}",
-        ))  # fmt: skip
-        plot_loss_curve(self.history, staging / "loss_curve.png")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(staging, final)
+        with Outputs(inputs=run_inputs(self.args)) as outputs:
+            staging = outputs.folder(final, "--output-dir model folder", replace_if="config.json")
+            save_model_folder(model, staging, self.processor)
+            save_model_card(staging, build_model_card(
+                model.config, name=self.args.push_to_hub or final.name, provenance=self._provenance(),
+                datasets=[Path(self.args.data_root).name], metrics=metrics,
+                metrics_split=f"{len(self.validation_rows)} held-out videos of {Path(self.args.data_root).name}",
+            ))  # fmt: skip
+            plot_loss_curve(self.history, staging / "loss_curve.png")
         return final
 
     def _provenance(self) -> str:
@@ -462,7 +460,19 @@ class Run:
         return " ".join(lines)
 
 
+def run_inputs(args: argparse.Namespace) -> list[str]:
+    """What a run reads, which none of its outputs may be or contain."""
+    return [path for path in (args.data_root, args.annotations, args.init_from) if path]
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Before any work: the model folder the run ends with can be written and endangers no input."""
+    Outputs(inputs=run_inputs(args)).check_folder(Path(args.output_dir) / "model", "--output-dir model folder",
+                                                  replace_if="config.json")  # fmt: skip
+
+
 def train(args: argparse.Namespace) -> Path:
+    check_outputs(args)
     run = Run(args)
     accelerator = run.accelerator
     if args.report_to != "none":
@@ -489,7 +499,12 @@ def train(args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    train(build_parser().parse_args(argv))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        train(args)
+    except UsageError as error:  # an unusable --output-dir, found before any work
+        parser.exit(2, f"error: {error}\n")
 
 
 if __name__ == "__main__":

@@ -6,12 +6,12 @@ a seed the bundled model never trained on, encoded at 10 frames per second.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from PIL import Image
+from vistr.tools.outputs import Outputs, dumps_json  # noqa: E402
+from vistr.tools.video_writer import encode_video  # noqa: E402
 from vistr.tools.youtube_vis import synthetic_annotations, synthetic_videos  # noqa: E402
-from vistr.video_io import atomic_path, write_video  # noqa: E402
 
 SEED = 5181
 FPS = 10.0
@@ -20,9 +20,11 @@ FPS = 10.0
 def main() -> None:
     here = Path(__file__).resolve().parent
     video = next(synthetic_videos(1, SEED))
-    write_video((Image.fromarray(frame) for frame in video.frames), here / "sample.mp4", FPS)
-    with atomic_path(here / "sample_annotations.json") as temporary:  # ground truth, for `vistr evaluate`
-        temporary.write_text(json.dumps(synthetic_annotations(1, SEED)))
+    with Outputs() as outputs:  # the video and its ground truth (for `vistr evaluate`) are replaced together
+        video_file = outputs.file(here / "sample.mp4", what="sample video")
+        truth_file = outputs.file(here / "sample_annotations.json", what="sample ground truth")
+        encode_video((Image.fromarray(frame) for frame in video.frames), video_file, FPS, ".mp4")
+        truth_file.write_text(dumps_json(synthetic_annotations(1, SEED), "sample_annotations.json", "report this bug"))
     print(f"wrote {here / 'sample.mp4'}: {len(video.frames)} frames, {len(video.annotations)} instances")
 
 

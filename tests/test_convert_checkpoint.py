@@ -18,6 +18,7 @@ from vistr.convert_checkpoint import (
     load_original_checkpoint,
     write_folder_atomically,
 )
+from vistr.tools.outputs import UsageError
 
 
 def manifest_state(name: str) -> dict[str, torch.Tensor]:
@@ -110,8 +111,9 @@ def test_files_that_are_not_checkpoints(tmp_path, parity_dir):
         convert(tmp_path / "missing.pth")
     pickled = tmp_path / "object.pth"
     torch.save({"model": {"x": torch.zeros(1)}, "optimizer": Fraction(1, 3)}, pickled)
-    with pytest.raises(ConversionError, match="could not be read"):
+    with pytest.raises(ConversionError, match=r"holds Python objects other than tensors \(fractions.Fraction\)") as error:
         convert(pickled)
+    assert "weights_only" not in str(error.value)  # torch's advice would run the file's code
     listing = tmp_path / "list.pth"
     torch.save([torch.zeros(1)], listing)
     with pytest.raises(ConversionError, match="not a VisTR checkpoint"):
@@ -122,7 +124,11 @@ def test_output_folder_is_never_half_written(tmp_path):
     output = tmp_path / "model"
     output.mkdir()
     (output / "keep.txt").write_text("user data")
-    with pytest.raises(ConversionError, match="--overwrite"):
+    with pytest.raises(UsageError, match="holds no config.json"):  # not a model folder: never replaced
+        write_folder_atomically(output, overwrite=True, fill=lambda folder: None)
+    (output / "keep.txt").unlink()
+    (output / "config.json").write_text("{}")  # an earlier conversion
+    with pytest.raises(UsageError, match="--overwrite"):
         write_folder_atomically(output, overwrite=False, fill=lambda folder: None)
 
     def failing_fill(folder):
@@ -131,7 +137,7 @@ def test_output_folder_is_never_half_written(tmp_path):
 
     with pytest.raises(RuntimeError, match="disk full"):
         write_folder_atomically(output, overwrite=True, fill=failing_fill)
-    assert [p.name for p in output.iterdir()] == ["keep.txt"]
+    assert [p.name for p in output.iterdir()] == ["config.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no staging folder left behind
 
     write_folder_atomically(output, overwrite=True, fill=lambda folder: (folder / "new.txt").write_text("x"))

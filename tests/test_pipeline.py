@@ -20,7 +20,8 @@ from vistr.image_processing_vistr import VisTRVideoProcessor
 from vistr.model_card import save_model_folder
 from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation
 from vistr.pipeline_vistr import VideoInstanceSegmentationPipeline, VideoSegmenter, decode_masks
-from vistr.video_io import VideoReadError, iter_frames, write_video
+from vistr.tools.video_writer import write_video
+from vistr.video_io import VideoReadError, iter_frames
 
 RED_STEP = 60  # instance k is painted with red = 60 * k on a black background
 

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 from vistr.tools import cli as vistr_cli
+from vistr.tools.outputs import UsageError
 from vistr.tools.youtube_vis import (
     AnnotationError,
     SyntheticOptions,
@@ -129,7 +130,7 @@ def test_synthetic_annotations_without_pixels_match_the_written_file(synthetic_j
 def test_make_synthetic_refuses_a_non_empty_folder(tmp_path):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("mine")
-    with pytest.raises(YouTubeVISError, match="already exists and is not an empty folder"):
+    with pytest.raises(UsageError, match="already exists and is not empty"):
         make_synthetic(tmp_path / "taken", 1, progress=False)
     assert [path.name for path in tmp_path.iterdir()] == ["taken"]  # nothing half-written left beside it
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
@@ -144,7 +145,8 @@ def test_cli_make_synthetic(tmp_path, capsys):
     assert "wrote 3 synthetic videos" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:
         vistr_cli.main(["make-synthetic", str(out), "--videos", "3"])
-    assert str(exit_info.value.code).startswith(f"error: {out} already exists")
+    assert exit_info.value.code == 2  # an unusable output path is a bad argument
+    assert capsys.readouterr().err == f"error: OUT {out} already exists and is not empty; choose a new folder\n"
 
 
 # ----------------------------------------------------------------------------------------------------------

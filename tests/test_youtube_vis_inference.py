@@ -85,8 +85,9 @@ def test_interrupted_run_resumes_and_writes_the_same_file(split, model_folder, t
 
     resumed = tmp_path / "resumed.json"
     monkeypatch.setattr(youtube_vis_inference.VideoSegmenter, "__call__", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as exit_info:  # Ctrl-C: one line, exit code 130
         segment_split(split, model_folder, resumed)
+    assert exit_info.value.code == 130
     assert not resumed.exists()
     assert len(list(resumed.with_name("resumed.json.parts").glob("video-*.json"))) == 2
 
@@ -111,17 +112,39 @@ def test_two_processes_write_the_file_of_one(split, model_folder, tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
                "-m", "vistr.tools.cli", "segment", "--annotations", str(annotation_file), "--frames-root", str(frames_root),
                "--model", str(model_folder), "--output", str(double), "--device", "cpu"]  # fmt: skip
+    # one thread per worker, as for the reference above, whatever OMP_NUM_THREADS the caller has set
     env = {key: value for key, value in os.environ.items() if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
     finished = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-4000:]
     assert double.read_bytes() == single.read_bytes()
     assert "| 2 |" in finished.stdout  # the speed table counts both processes
 
 
-def segment_error(split, model_folder, output: Path) -> str:
+def test_resuming_in_another_dtype_is_refused(split, model_folder, tmp_path, monkeypatch):
+    output = tmp_path / "mixed.json"
+    original_call = youtube_vis_inference.VideoSegmenter.__call__
+    calls = []
+
+    def interrupted(self, source, **kwargs):
+        calls.append(source)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original_call(self, source, **kwargs)
+
+    monkeypatch.setattr(youtube_vis_inference.VideoSegmenter, "__call__", interrupted)
+    with pytest.raises(SystemExit):
+        segment_split(split, model_folder, output)  # fp32: one video done
+    monkeypatch.setattr(youtube_vis_inference.VideoSegmenter, "__call__", original_call)
+    message = segment_error(split, model_folder, output, "--dtype", "bf16")
+    assert "dtype 'float32' there, 'bfloat16' now" in message and "delete it" in message
+    assert not output.exists() and len(list(output.with_name("mixed.json.parts").glob("video-*.json"))) == 1
+
+
+def segment_error(split, model_folder, output: Path, *extra: str) -> str:
     """The message `vistr segment` exits with."""
     with pytest.raises(SystemExit) as exit_info:
-        segment_split(split, model_folder, output)
+        segment_split(split, model_folder, output, *extra)
     return str(exit_info.value.code)
 
 
@@ -149,3 +172,9 @@ def test_bad_input_names_the_problem_and_leaves_nothing(split, model_folder, tmp
     many_classes_file = tmp_path / "many_classes.json"
     many_classes_file.write_text(json.dumps(many_classes))
     assert "categories [90]" in segment_error((many_classes_file, frames_root), model_folder, tmp_path / "d.json")
+
+    string_ids = {**annotations, "videos": [{**video, "id": str(video["id"])} for video in annotations["videos"]]}
+    string_ids_file = tmp_path / "string_ids.json"
+    string_ids_file.write_text(json.dumps(string_ids))
+    message = segment_error((string_ids_file, frames_root), model_folder, tmp_path / "e.json")
+    assert message.startswith("error: ") and "video #0 has \"id\" '1'" in message and "integers" in message

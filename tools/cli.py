@@ -12,20 +12,95 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
+import traceback
+from contextlib import contextmanager
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from vistr import convert_checkpoint
 from vistr.tools import evaluation_youtube_vis, youtube_vis
-from vistr.tools.youtube_vis import YouTubeVISError
-from vistr.video_io import VideoReadError
+from vistr.tools.outputs import (
+    OVERLAY_SUFFIXES,
+    Outputs,
+    UsageError,
+    dumps_json,
+    open_probability,
+    positive_int,
+    probability,
+)
 
 
 class ModelNotFoundError(ValueError):
-    """A --model that is neither a model folder nor a reachable Hub id."""
+    """A --model that is not a loadable model folder, nor a reachable Hub id."""
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+FOLDER_HINT = "pass a folder written by `vistr convert` or training"
+
+
+def _check_model_folder(folder: Path, name: str) -> None:
+    """What from_pretrained would trip over with a misleading message: no or a foreign config, no or damaged weights."""
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ModelNotFoundError(f"--model {name} is a folder without config.json, so not a model folder; {FOLDER_HINT}")
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        raise ModelNotFoundError(f"--model {name}: config.json is not valid JSON; restore it, or convert the model again") from None
+    if model_type != "vistr":
+        raise ModelNotFoundError(f"--model {name}: config.json is for model_type {model_type!r}, not 'vistr'; {FOLDER_HINT}")
+    weights = next((folder / file for file in WEIGHT_FILES if (folder / file).is_file()), None)
+    if weights is None:
+        raise ModelNotFoundError(f"--model {name} holds no weights ({WEIGHT_FILES[0]}); {FOLDER_HINT}")
+    if weights.name == "model.safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(weights, framework="pt") as handle:
+                handle.keys()
+        except Exception as error:  # the Rust reader raises its own SafetensorError for any damage
+            raise ModelNotFoundError(f"--model {name}: model.safetensors is damaged ({error}); convert or download "
+                                     "the model again") from None  # fmt: skip
+
+
+def _hub_unreachable_reason(timeout: float = 3.0) -> str | None:
+    """Why the Hub cannot answer now (offline mode, no connection), or None: checked once, in seconds, instead
+    of letting each file request retry for half a minute."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    endpoint = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)),
+                                 timeout=timeout).close()  # fmt: skip
+    except OSError as error:
+        return f"cannot connect to {constants.ENDPOINT}: {error.strerror or error}"
+    return None
+
+
+@contextmanager
+def _quiet_loading():
+    """Silence the Hub's retry messages and transformers' loading report: the one line we raise says it all."""
+    from transformers.utils import logging as transformers_logging
+
+    hub_logger = logging.getLogger("huggingface_hub")
+    hub_level, verbosity = hub_logger.level, transformers_logging.get_verbosity()
+    hub_logger.setLevel(logging.ERROR)
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hub_logger.setLevel(hub_level)
+        transformers_logging.set_verbosity(verbosity)
 
 
 def _load_model(model_path: str, **kwargs):
@@ -34,24 +109,31 @@ def _load_model(model_path: str, **kwargs):
     from vistr import modeling_vistr  # noqa: F401  (registers VisTR with the Auto classes)
 
     path = Path(model_path)
-    looks_local = path.is_absolute() or model_path.startswith(".") or model_path.count("/") > 1
-    if not path.is_dir() and looks_local:
-        raise ModelNotFoundError(
-            f"--model {model_path}: no such folder; pass a folder written by `vistr convert` or training"
-        )
-    hub_logger = logging.getLogger("huggingface_hub")
-    level = hub_logger.level
-    hub_logger.setLevel(logging.ERROR)  # its retry messages would bury the one line below
-    try:
-        return AutoModelForInstanceSegmentation.from_pretrained(model_path, **kwargs)
-    except OSError as error:
-        reason = str(error).strip().splitlines()[0]
-        raise ModelNotFoundError(
-            f"--model {model_path}: neither a model folder nor a reachable Hub model id ({reason}); pass a folder "
-            "written by `vistr convert` or training, or a Hub id such as user/vistr-r50 (with network access)"
-        ) from None
-    finally:
-        hub_logger.setLevel(level)
+    looks_local = path.is_absolute() or model_path.startswith(".") or model_path.count("/") != 1
+    offline = None
+    if path.is_dir():
+        _check_model_folder(path, model_path)
+    elif path.exists() or looks_local:
+        problem = "is a file, not a folder" if path.exists() else "no such folder"
+        raise ModelNotFoundError(f"--model {model_path}: {problem}; {FOLDER_HINT}")
+    elif (offline := _hub_unreachable_reason()) is not None:
+        kwargs["local_files_only"] = True  # the cache may still hold it
+    with _quiet_loading():
+        try:
+            return AutoModelForInstanceSegmentation.from_pretrained(model_path, **kwargs)
+        except OSError as error:
+            reason = offline + " and it is not in the local cache" if offline else str(error).strip().splitlines()[0]
+            raise ModelNotFoundError(
+                f"--model {model_path}: neither a model folder nor a reachable Hub model id ({reason}); {FOLDER_HINT}, "
+                "or a Hub id such as user/vistr-r50 (with network access)"
+            ) from None
+        except RuntimeError as error:
+            if "mismatched_sizes" not in str(error) and "size mismatch" not in str(error):
+                raise
+            raise ModelNotFoundError(
+                f"--model {model_path}: its weights do not fit its config.json (tensor shapes differ: was num_frames, "
+                "num_queries_per_frame or another size edited?); restore the config.json saved with these weights"
+            ) from None
 
 
 def _inspect(args: argparse.Namespace) -> None:
@@ -72,11 +154,39 @@ def _inspect(args: argparse.Namespace) -> None:
         print(f"  auxiliary_outputs: {len(outputs.auxiliary_outputs)} decoder layers x (logits, pred_boxes)")
 
 
+NON_FINITE_FIX = "the model's weights probably hold NaN or infinite values: convert or train it again"
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 ASSETS = Path(__file__).resolve().parent.parent / "assets"  # the package root's assets/
 BUNDLED_MODEL = ASSETS / "vistr-tiny-synthetic"
 SAMPLE_VIDEO = ASSETS / "sample.mp4"
 DEFAULT_OUTPUT_DIR = "vistr-output"
+
+
+def _check_device(device: str | None) -> None:
+    """--device names a device this machine has; checked before any model is loaded."""
+    import torch
+
+    if device is None:
+        return
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"--device {device}: not a device name; use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise UsageError(f"--device {device}: no CUDA GPU is visible here; use --device cpu (or leave --device out)")
+        if parsed.index is not None and parsed.index >= count:
+            raise UsageError(f"--device {device}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}; pick one of them")
+    elif parsed.type != "cpu":
+        raise UsageError(f"--device {device}: only cpu and cuda devices are supported; use cpu, cuda or cuda:N")
+
+
+def _check_stride(stride: int | None, model) -> None:
+    frames = model.config.num_frames
+    if stride is not None and stride > frames:
+        raise UsageError(f"--stride {stride} is longer than the model's clips ({frames} frames), so frames would be "
+                         f"skipped; use a stride from 1 to {frames}")  # fmt: skip
 
 
 def _load_for_inference(model_path: str, device: str | None, dtype: str):
@@ -93,7 +203,8 @@ def _load_for_inference(model_path: str, device: str | None, dtype: str):
     model = _load_model(model_path, dtype=getattr(torch, DTYPES[dtype]))
     model = model.to(device).eval()
     try:
-        processor = AutoVideoProcessor.from_pretrained(model_path)
+        with _quiet_loading():
+            processor = AutoVideoProcessor.from_pretrained(model_path, local_files_only=Path(model_path).is_dir())
     except (OSError, ValueError):
         processor = VisTRVideoProcessor(num_queries_per_frame=model.config.num_queries_per_frame)
     return model, processor
@@ -113,37 +224,55 @@ def _apply_demo_defaults(args: argparse.Namespace) -> None:
         args.overlay = args.overlay or str(Path(DEFAULT_OUTPUT_DIR) / "overlay.mp4")
 
 
+def _check_segment_options(args: argparse.Namespace) -> None:
+    """Options that only work together; before anything is loaded or written."""
+    if args.annotations is not None:
+        if args.output is None:
+            raise UsageError("with --annotations give --output, the results JSON to write")
+        if args.inputs or args.overlay or not args.frames_root:
+            raise UsageError("with --annotations give --frames-root and no input videos or --overlay")
+    elif args.frames_root or args.zip or args.evaluate:
+        raise UsageError("--frames-root, --zip and --evaluate go with --annotations (a YouTube-VIS split)")
+    _check_device(args.device)
+
+
 def _segment(args: argparse.Namespace) -> None:
     """`vistr segment`: the given videos, or with --annotations a whole YouTube-VIS split."""
     _apply_demo_defaults(args)
-    split_job = args.annotations is not None
-    if split_job and args.output is None:
-        raise YouTubeVISError("with --annotations give --output, the results JSON to write")
-    if split_job and (args.inputs or args.overlay or not args.frames_root):
-        raise YouTubeVISError("with --annotations give --frames-root and no input videos or --overlay")
-    if not split_job and (args.frames_root or args.zip or args.evaluate):
-        raise YouTubeVISError("--frames-root, --zip and --evaluate go with --annotations (a YouTube-VIS split)")
-    if not 0.0 <= args.threshold <= 1.0:
-        raise YouTubeVISError(f"--threshold must be between 0 and 1, not {args.threshold}")
+    _check_segment_options(args)
+    if args.annotations is not None:
+        _segment_split(args)
+        return
+    with Outputs(inputs=args.inputs) as outputs:  # every output checked now, replaced only if all succeed
+        results_file = outputs.file(args.output, "--output")
+        overlays = _overlay_paths(args.overlay, args.inputs)
+        overlay_files = [outputs.file(path, "--overlay", OVERLAY_SUFFIXES) for path in overlays]
+        model, processor = _load_for_inference(args.model, args.device, args.dtype)
+        _check_stride(args.stride, model)
+        _segment_inputs(args, model, processor, results_file, overlay_files)
+    print(f"results: {args.output} (every instance slot, as the YouTube-VIS benchmark expects)")
+    for path in overlays:
+        print(f"overlay: {path}")
+
+
+def _segment_split(args: argparse.Namespace) -> None:
+    from vistr.tools.youtube_vis_inference import check_split_outputs, run_split
+
+    check_split_outputs(args.annotations, args.frames_root, args.output, args.zip)
     model, processor = _load_for_inference(args.model, args.device, args.dtype)
-    if split_job:
-        from vistr.tools.youtube_vis_inference import run_split
-
-        run_split(model, processor, args.annotations, args.frames_root, args.output, zip_path=args.zip,
-                  score=args.evaluate, stride=args.stride, mask_threshold=args.mask_threshold, model_name=args.model)
-    else:
-        _segment_inputs(args, model, processor)
+    _check_stride(args.stride, model)
+    run_split(model, processor, args.annotations, args.frames_root, args.output, zip_path=args.zip,
+              score=args.evaluate, stride=args.stride, mask_threshold=args.mask_threshold, model_name=args.model)
 
 
-def _segment_inputs(args: argparse.Namespace, model, processor) -> None:
-    """Segment each input, then write the YouTube-VIS results JSON and the overlays (all or nothing)."""
-    import json
-
+def _segment_inputs(args: argparse.Namespace, model, processor, results_file: Path, overlay_files: list[Path]) -> None:
+    """Segment each input, then write the YouTube-VIS results JSON and the overlays into their staged files."""
     from tqdm.auto import tqdm
     from vistr.pipeline_vistr import VideoSegmenter
     from vistr.tools.overlay import overlay_frames
+    from vistr.tools.video_writer import encode_video
     from vistr.tools.youtube_vis_inference import video_results
-    from vistr.video_io import atomic_path, iter_frames, video_fps, write_video
+    from vistr.video_io import iter_frames, video_fps
 
     segmenter = VideoSegmenter(model, processor, stride=args.stride, mask_threshold=args.mask_threshold)
     videos = []
@@ -152,15 +281,13 @@ def _segment_inputs(args: argparse.Namespace, model, processor) -> None:
             with tqdm(desc=f"clips of {Path(source).name}", unit="clip", leave=False) as clips:
                 videos.append(segmenter(source, on_clip=clips.update))
     results = [result for video_id, video in enumerate(videos, start=1) for result in video_results(video_id, video)]
-    with atomic_path(args.output) as temporary:
-        temporary.write_text(json.dumps(results))
+    results_file.write_text(dumps_json(results, f"--output {args.output}", NON_FINITE_FIX))
     for video_id, (source, video) in enumerate(zip(args.inputs, videos), start=1):
         _print_found(video_id, source, video, model.config.id2label, args.threshold)
-    print(f"results: {args.output} (every instance slot, as the YouTube-VIS benchmark expects)")
-    for source, video, path in zip(args.inputs, videos, _overlay_paths(args.overlay, args.inputs)):
+    for source, video, path, staged in zip(args.inputs, videos, _overlay_paths(args.overlay, args.inputs), overlay_files):
         frames = overlay_frames(iter_frames(source), video["instances"], model.config.id2label, args.threshold)
-        write_video(tqdm(frames, total=video["length"], desc=f"overlay {Path(path).name}", leave=False), path, video_fps(source))
-        print(f"overlay: {path}")
+        frames = tqdm(frames, total=video["length"], desc=f"overlay {Path(path).name}", leave=False)
+        encode_video(frames, staged, video_fps(source), Path(path).suffix)
 
 
 def _print_found(video_id: int, source: str, video: dict, id2label: dict[int, str], threshold: float) -> None:
@@ -176,13 +303,16 @@ def _print_found(video_id: int, source: str, video: dict, id2label: dict[int, st
 
 
 def _overlay_paths(overlay: str | None, inputs: list[str]) -> list[Path]:
-    """One overlay path per input: `--overlay` itself, or `<stem>-<input name><suffix>` for several inputs."""
+    """One overlay path per input: `--overlay` itself, or `<stem>-<input name><suffix>` for several inputs
+    (with `-<video_id>` added where two inputs share a name, so that no overlay overwrites another)."""
     if overlay is None:
         return []
     overlay = Path(overlay)
     if len(inputs) == 1:
         return [overlay]
-    return [overlay.with_name(f"{overlay.stem}-{Path(source).stem}{overlay.suffix}") for source in inputs]
+    names = [Path(source).stem for source in inputs]
+    return [overlay.with_name(f"{overlay.stem}-{name}{f'-{video_id}' if names.count(name) > 1 else ''}{overlay.suffix}")
+            for video_id, name in enumerate(names, start=1)]  # fmt: skip
 
 
 class _DefaultsHelpFormatter(argparse.HelpFormatter):
@@ -202,11 +332,18 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is one line (`error: ...; see ... --help`), exit code 2, without the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vistr", description="VisTR video instance segmentation",
-                                     formatter_class=_DefaultsHelpFormatter)  # fmt: skip
+    parser = _Parser(prog="vistr", description="VisTR video instance segmentation", formatter_class=_DefaultsHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub_parser = partial(argparse.ArgumentParser, formatter_class=_DefaultsHelpFormatter)  # their --help shows defaults
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or set VISTR_DEBUG=1)")
+    sub_parser = partial(_Parser, formatter_class=_DefaultsHelpFormatter)  # their --help shows defaults
     commands = parser.add_subparsers(dest="command", required=True, parser_class=sub_parser)
 
     convert = commands.add_parser("convert", help="convert an original VisTR .pth checkpoint")
@@ -215,8 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     inspect = commands.add_parser("inspect", help="load a converted model and print its output shapes")
     inspect.add_argument("model", help="converted model folder or Hub id")
-    inspect.add_argument("--height", type=int, default=128, help="height of the random test clip")
-    inspect.add_argument("--width", type=int, default=160, help="width of the random test clip")
+    inspect.add_argument("--height", type=positive_int, default=128, help="height of the random test clip")
+    inspect.add_argument("--width", type=positive_int, default=160, help="width of the random test clip")
     inspect.set_defaults(handler=_inspect)
 
     segment = commands.add_parser("segment", help="segment videos or frame folders; write YouTube-VIS results and overlays")
@@ -228,13 +365,16 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--model", help="converted or trained model folder, or Hub id (default: the bundled model)")
     segment.add_argument("--output", help=f"results JSON (YouTube-VIS format); default {DEFAULT_OUTPUT_DIR}/results.json "
                                           f"with the overlay {DEFAULT_OUTPUT_DIR}/overlay.mp4")
-    segment.add_argument("--overlay", help="overlay video (.gif, .mp4, ...); with several inputs, one file per input")
-    segment.add_argument("--threshold", type=float, default=0.5,
+    segment.add_argument("--overlay", help=f"overlay video ({', '.join(OVERLAY_SUFFIXES)}); with several inputs, one "
+                                           "file per input")
+    segment.add_argument("--threshold", type=probability, default=0.5,
                          help="score an instance needs to be drawn and listed (the results JSON keeps every slot)")
     segment.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     segment.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="precision the model runs in")
-    segment.add_argument("--stride", type=int, help="frames between clip starts for long videos (default: 3/4 of a clip)")
-    segment.add_argument("--mask-threshold", type=float, default=0.5, help="mask probability a pixel needs")
+    segment.add_argument("--stride", type=positive_int,
+                         help="frames between clip starts for long videos, 1 to the clip length (default: 3/4 of a clip)")
+    segment.add_argument("--mask-threshold", type=open_probability, default=0.5,
+                         help="mask probability a pixel needs, strictly between 0 and 1")
     segment.set_defaults(handler=_segment)
 
     synthetic = commands.add_parser("make-synthetic", help="write a synthetic YouTube-VIS folder (frames + annotations)")
@@ -244,15 +384,41 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="score YouTube-VIS results as the official evaluator does")
     evaluation_youtube_vis.add_arguments(evaluate)
     evaluate.set_defaults(handler=evaluation_youtube_vis.run)
+    for command in (convert, inspect, segment, synthetic, evaluate):  # `vistr segment ... --debug` works too
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
+def _one_line(error: BaseException) -> str:
+    """The message of an error the user can act on; an unexpected one is named as such."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    if isinstance(error, (ValueError, OSError)):
+        return str(error)
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    return f"unexpected {type(error).__name__}: {first_line} (rerun with --debug for the traceback, and please report it)"
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Run a `vistr` command. User errors end in one `error: ...` line on stderr and exit code 2 (bad options,
+    unusable output paths) or 1 (anything else); `--debug` or VISTR_DEBUG=1 shows the traceback instead."""
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("VISTR_DEBUG", "") not in ("", "0")
     try:
         args.handler(args)
-    except (convert_checkpoint.ConversionError, ModelNotFoundError, VideoReadError, YouTubeVISError) as error:
-        sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("error: interrupted; no output was replaced (outputs are written only when a command completes)",
+              file=sys.stderr)  # fmt: skip
+        sys.exit(130)
+    except Exception as error:
+        if debug:
+            traceback.print_exc()
+        if isinstance(error, UsageError):
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+        sys.exit(f"error: {_one_line(error)}")
 
 
 if __name__ == "__main__":

@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +37,7 @@ from datasets.table import embed_table_storage
 from PIL import Image as PILImage
 from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
+from vistr.tools.outputs import Outputs, dumps_json, positive_int
 
 
 class YouTubeVISError(ValueError):
@@ -324,31 +323,12 @@ def save_parquet(dataset: datasets.Dataset, path: str | os.PathLike, *, batch_si
     path = Path(path)
     if path.exists():
         raise YouTubeVISError(f"{path} already exists; remove it or choose another path")
-    with _atomic_output_file(path) as temporary:
+    with Outputs() as outputs:
+        temporary = outputs.file(path, "parquet file")
         with pq.ParquetWriter(temporary, schema=dataset.features.arrow_schema) as writer:
             for batch in dataset.with_format("arrow").iter(batch_size=batch_size):
                 writer.write_table(embed_table_storage(batch))
     return path
-
-
-class _atomic_output_file:
-    """Context manager: yields a temporary path beside `path` and renames it to `path` only on success."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __enter__(self) -> Path:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".partial")
-        os.close(handle)
-        self.temporary = Path(name)
-        return self.temporary
-
-    def __exit__(self, error_type, error, traceback) -> None:
-        if error_type is None:
-            os.replace(self.temporary, self.path)
-        else:
-            self.temporary.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -648,16 +628,8 @@ def make_synthetic(
     touched. Returns the annotation file's path.
     """
     output_dir = Path(output_dir)
-    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
-        raise YouTubeVISError(f"{output_dir} already exists and is not an empty folder; choose a new one")
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.", suffix=".partial"))
-    try:
-        _write_synthetic(staging, num_videos, seed, options, jpeg_quality, progress)
-        os.replace(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with Outputs() as outputs:
+        _write_synthetic(outputs.folder(output_dir, "OUT"), num_videos, seed, options, jpeg_quality, progress)
     return output_dir / "annotations.json"
 
 
@@ -673,8 +645,8 @@ def _write_synthetic(
             PILImage.fromarray(frame).save(path, quality=jpeg_quality)
         videos.append(synthetic.video)
         annotations.extend(synthetic.annotations)
-    with (folder / "annotations.json").open("w") as file:
-        json.dump(_annotation_file(videos, annotations), file)
+    text = dumps_json(_annotation_file(videos, annotations), "annotations.json", "report this bug with the options used")
+    (folder / "annotations.json").write_text(text)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -686,13 +658,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `vistr make-synthetic`."""
     defaults = SyntheticOptions()
     parser.add_argument("output", metavar="OUT", type=Path, help="new folder to write (must not exist or be empty)")
-    parser.add_argument("--videos", type=int, required=True, help="number of videos")
+    parser.add_argument("--videos", type=positive_int, required=True, help="number of videos")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files")
-    parser.add_argument("--min-frames", type=int, default=defaults.min_frames, help="shortest video, in frames")
-    parser.add_argument("--max-frames", type=int, default=defaults.max_frames, help="longest video, in frames")
-    parser.add_argument("--min-side", type=int, default=defaults.min_side, help="smallest frame height or width")
-    parser.add_argument("--max-side", type=int, default=defaults.max_side, help="largest frame height or width")
-    parser.add_argument("--max-instances", type=int, default=defaults.max_instances, help="most shapes per video")
+    parser.add_argument("--min-frames", type=positive_int, default=defaults.min_frames, help="shortest video, in frames")
+    parser.add_argument("--max-frames", type=positive_int, default=defaults.max_frames, help="longest video, in frames")
+    parser.add_argument("--min-side", type=positive_int, default=defaults.min_side, help="smallest frame height or width")
+    parser.add_argument("--max-side", type=positive_int, default=defaults.max_side, help="largest frame height or width")
+    parser.add_argument("--max-instances", type=positive_int, default=defaults.max_instances, help="most shapes per video")
     parser.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of the frames (1-95)")
 
 

@@ -29,10 +29,12 @@ from tqdm.auto import tqdm
 from vistr.image_processing_vistr import VisTRVideoProcessor
 from vistr.pipeline_vistr import VideoSegmenter
 from vistr.tools.evaluation_youtube_vis import format_summary, score_results
+from vistr.tools.outputs import Outputs, UsageError, atomic_path, dumps_json
 from vistr.tools.youtube_vis import AnnotationError, read_json
-from vistr.video_io import VideoReadError, atomic_path
+from vistr.video_io import VideoReadError
 
 RUN_FILE = "run.json"
+NON_FINITE_FIX = "the model's weights probably hold NaN or infinite values: convert or train it again"
 
 
 @dataclass
@@ -71,6 +73,9 @@ def split_videos(annotations: Mapping, source: str) -> list[dict]:
     for index, video in enumerate(videos):
         if not isinstance(video, Mapping) or "id" not in video or not video.get("file_names"):
             raise AnnotationError(f'{source}: video #{index} needs an "id" and a non-empty "file_names" list')
+        if not isinstance(video["id"], int) or isinstance(video["id"], bool):
+            raise AnnotationError(f'{source}: video #{index} has "id" {video["id"]!r}; YouTube-VIS video ids are '
+                                  "integers (write 1, not \"1\")")  # fmt: skip
     ids = [video["id"] for video in videos]
     if len(set(ids)) != len(ids):
         raise AnnotationError(f"{source}: two videos share an id")
@@ -114,13 +119,16 @@ class PartsFolder:
         if run_file.exists():
             previous = json.loads(run_file.read_text())
             if previous != self.settings:
+                changed = "; ".join(f"{key} {previous.get(key)!r} there, {self.settings.get(key)!r} now"
+                                    for key in sorted(set(previous) | set(self.settings))
+                                    if previous.get(key) != self.settings.get(key))  # fmt: skip
                 raise AnnotationError(
-                    f"{self.folder} holds results of another run ({previous}); delete it, or rerun with the same "
-                    "annotations, model and options to resume"
+                    f"{self.folder} holds results of another run ({changed}); delete it, or rerun with the same "
+                    "annotations, model, --dtype and options to resume"
                 )
         else:
             with atomic_path(run_file) as temporary:
-                temporary.write_text(json.dumps(self.settings))
+                temporary.write_text(dumps_json(self.settings, str(run_file), "pass finite option values"))
 
     def path(self, video_id) -> Path:
         return self.folder / f"video-{video_id}.json"
@@ -130,14 +138,14 @@ class PartsFolder:
 
     def save(self, video_id, results: list[dict]) -> None:
         with atomic_path(self.path(video_id)) as temporary:
-            temporary.write_text(json.dumps(results))
+            temporary.write_text(dumps_json(results, f"video {video_id}", NON_FINITE_FIX))
 
     def load(self, video_id) -> list[dict]:
         return json.loads(self.path(video_id).read_text())
 
     def save_speed(self, rank: int, report: SpeedReport) -> None:
         with atomic_path(self.folder / f"speed-{rank}.json") as temporary:
-            temporary.write_text(json.dumps(report.__dict__))
+            temporary.write_text(json.dumps(report.__dict__))  # may hold NaN: read back only by load_speeds
 
     def load_speeds(self) -> SpeedReport:
         total = SpeedReport()
@@ -209,15 +217,27 @@ def segment_videos(segmenter: VideoSegmenter, videos: Sequence[Mapping], frames_
     report.peak_memory_mib = peak_memory_mib(segmenter.device)
 
 
-def write_results(results: list[dict], output: Path, zip_path: Path | None) -> None:
-    """The results JSON and, if asked, the archive the competition server takes (`results.json` at its root)."""
-    text = json.dumps(results)
-    with atomic_path(output) as temporary:
-        temporary.write_text(text)
+def check_split_outputs(annotation_file: str | os.PathLike, frames_root: str | os.PathLike, output: str | os.PathLike,
+                        zip_path: str | os.PathLike | None) -> None:
+    """Refuse unusable outputs before any work, writing nothing (every process of a distributed job may run it)."""
+    outputs = Outputs(inputs=[annotation_file, frames_root])
+    outputs.check_file(output, "--output")
+    parts = Path(output).with_name(Path(output).name + ".parts")
+    outputs.check_file(parts / RUN_FILE, "--output (its .parts folder)")
     if zip_path is not None:
-        with atomic_path(zip_path) as temporary:
-            with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-                archive.writestr("results.json", text)
+        if Path(zip_path).resolve() == Path(output).resolve():
+            raise UsageError(f"--zip {zip_path} is the --output file; give the archive another name")
+        outputs.check_file(zip_path, "--zip", suffixes=(".zip",))
+
+
+def write_results(results: list[dict], outputs: Outputs, output: Path, zip_path: Path | None) -> None:
+    """The results JSON and, if asked, the archive the competition server takes (`results.json` at its root),
+    staged in `outputs` so that both appear together."""
+    text = dumps_json(results, f"--output {output}", NON_FINITE_FIX)
+    outputs.file(output, "--output").write_text(text)
+    if zip_path is not None:
+        with zipfile.ZipFile(outputs.file(zip_path, "--zip", suffixes=(".zip",)), "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("results.json", text)
 
 
 def run_split(
@@ -245,9 +265,11 @@ def run_split(
     check_model_classes(model, annotations, str(annotation_file))
     if score and not annotations.get("annotations"):
         raise AnnotationError(f'{annotation_file} holds no ground truth ("annotations"), so --evaluate cannot score it')
+    check_split_outputs(annotation_file, frames_root, output, zip_path)
     output = Path(output)
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")  # resuming in another precision would mix
     settings = {"annotations": str(Path(annotation_file).resolve()), "model": model_name, "stride": stride,
-                "mask_threshold": mask_threshold}  # fmt: skip
+                "mask_threshold": mask_threshold, "dtype": dtype}  # fmt: skip
     parts = PartsFolder(output, settings)
     if state.is_main_process:
         parts.prepare()
@@ -261,7 +283,8 @@ def run_split(
     if not state.is_main_process:
         return None
     results = [result for video in videos for result in parts.load(video["id"])]
-    write_results(results, output, Path(zip_path) if zip_path else None)
+    with Outputs(inputs=[annotation_file, frames_root]) as outputs:
+        write_results(results, outputs, output, Path(zip_path) if zip_path else None)
     total = parts.load_speeds()
     parts.remove()
     print(f"results: {output} ({len(videos)} videos, {len(results)} instances)" + (f", archive: {zip_path}" if zip_path else ""))
