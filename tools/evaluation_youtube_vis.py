@@ -10,7 +10,8 @@ where it is surprising, because the point is numbers comparable with published o
 - video IoU of a result and a ground-truth track = sum over frames of intersections / sum of unions,
   pairing frames up to the shorter of the two lists (a frame-count mismatch is not an error there);
   a frame where only one side has a mask adds that mask's area to the union; a frame where both have
-  masks of different sizes adds nothing; IoU is 0 when the union is empty;
+  masks of different sizes adds nothing (unreachable here: every mask must have its video's size); IoU is
+  0 when the union is empty;
 - crowd ground truth (`iscrowd`) is ignored for scoring and may absorb any number of results, but its IoU
   is the plain one above (COCO's crowd IoU, intersection / result area, is not used);
 - instance area = mean of the non-empty per-frame areas (ground truth: its `areas` field; results: their
@@ -21,18 +22,22 @@ where it is surprising, because the point is numbers comparable with published o
 - results whose category is not in the annotation file are dropped, as the official loader drops them.
 
 Unlike the official one it is vectorized (one C call per frame for all pairs of a video and category)
-and it rejects malformed results with a message naming the result, instead of a traceback or a silently
-wrong number.
+and it rejects malformed input with a message naming the result (or annotation), its video and frame,
+instead of a traceback, a silently wrong number or a hang: every RLE, of the results and of the ground
+truth, must have the video's [height, width] as its size and counts that decode to exactly
+height x width pixels, checked by a decoder of its own before pycocotools (which loops forever on
+counts that do not add up) sees it; scores must be finite numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import warnings
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
@@ -111,12 +116,19 @@ def _mean_nonempty_area(areas: Sequence) -> float:
 
 def _ground_truth_rle(segmentation: Any, height: int, width: int, name: str) -> dict | None:
     """One ground-truth frame as RLE, converted like the official `annToRLE` (polygons are rasterized at
-    the video's size and merged; uncompressed RLE is compressed at its own size)."""
+    the video's size and merged; uncompressed RLE is compressed). An RLE's size must be the video's and
+    uncompressed counts must add up to it; compressed counts are checked later, all at once."""
     if not segmentation:
         return None
     is_dict = isinstance(segmentation, dict)
-    if is_dict and isinstance(segmentation.get("counts"), (str, bytes)) and "size" in segmentation:
-        return segmentation
+    if is_dict and "size" in segmentation and isinstance(segmentation.get("counts"), (str, bytes, list)):
+        problem = _size_problem(segmentation["size"], height, width)
+        if problem is None and isinstance(segmentation["counts"], list):
+            problem = _uncompressed_counts_problem(segmentation["counts"], height, width)
+        if problem is not None:
+            raise AnnotationError(f"{name}: {problem}")
+        if not isinstance(segmentation["counts"], list):
+            return segmentation
     try:
         if isinstance(segmentation, list):
             return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
@@ -125,6 +137,15 @@ def _ground_truth_rle(segmentation: Any, height: int, width: int, name: str) -> 
     except Exception as error:  # pycocotools raises bare Exceptions on malformed polygons and counts
         raise AnnotationError(f"{name}: segmentation is neither polygons nor RLE ({error})") from None
     raise AnnotationError(f"{name}: segmentation is neither polygons, RLE (size, counts) nor null")
+
+
+def _check_video_sizes(videos: Mapping[int, dict]) -> None:
+    """Video sizes are what every mask is checked against, so they must be positive integers."""
+    for video_id, video in videos.items():
+        for side in ("height", "width"):
+            value = video[side]
+            if not _is_integer(value) or value <= 0:
+                raise AnnotationError(f'video {video_id}: "{side}" must be a positive integer, not {value!r}')
 
 
 def _load_ground_truth(data: Mapping) -> tuple[dict[int, dict], list[int], dict[tuple[int, int], _Tracks]]:
@@ -143,6 +164,7 @@ def _load_ground_truth(data: Mapping) -> tuple[dict[int, dict], list[int], dict[
         require_annotations=True,
     )
     videos = {video["id"]: video for video in data["videos"]}
+    _check_video_sizes(videos)
     category_ids = sorted({category["id"] for category in data["categories"]})
     known_categories = set(category_ids)
     by_id = {annotation["id"]: annotation for annotation in data["annotations"]}
@@ -162,6 +184,17 @@ def _load_ground_truth(data: Mapping) -> tuple[dict[int, dict], list[int], dict[
             video = videos.get(annotation["video_id"])
             if listed["category_id"] in known_categories and video is not None:
                 _add_ground_truth(groups[annotation["video_id"], annotation["category_id"]], annotation, video)
+    rles, places = [], []
+    for tracks in groups.values():
+        for annotation_id, frames in zip(tracks.ids, tracks.frames):
+            rles.extend(rle for rle in frames if rle is not None)
+            places.extend((annotation_id, frame) for frame, rle in enumerate(frames) if rle is not None)
+
+    def name(index: int) -> str:
+        annotation_id, frame = places[index]
+        return f"annotation {annotation_id} (video {by_id[annotation_id]['video_id']}), frame {frame}"
+
+    _check_compressed_counts(rles, name, AnnotationError)
     return videos, category_ids, groups
 
 
@@ -196,12 +229,21 @@ def _check_result(result: Any, index: int, videos: Mapping[int, dict]) -> list[d
     video = videos.get(result["video_id"])
     if video is None:
         raise ResultsError(f"{name} is for video {result['video_id']}, which is not in the annotation file")
-    score = result["score"]
-    if not isinstance(score, Real) or isinstance(score, bool) or not np.isfinite(score):
-        raise ResultsError(f"{name}: score must be a finite number, not {score!r}")
+    if not _is_finite_number(result["score"]):
+        raise ResultsError(f"{name}: score must be a finite number, not {result['score']!r}")
     if not isinstance(result["segmentations"], list):
         raise ResultsError(f"{name}: segmentations must be a list with one entry per frame")
     return [_result_rle(rle, video, f"{name}, frame {frame}") for frame, rle in enumerate(result["segmentations"])]
+
+
+def _is_finite_number(value: Any) -> bool:
+    """A real number other than bool, NaN and infinity (ints too large for a float are not finite)."""
+    if not isinstance(value, Real) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _result_rle(segmentation: Any, video: dict, name: str) -> dict | None:
@@ -216,11 +258,9 @@ def _result_rle(segmentation: Any, video: dict, name: str) -> dict | None:
             f"{name}: counts must be a compressed RLE string (pycocotools.mask.encode); "
             "uncompressed RLE is not accepted"
         )
-    size = segmentation["size"]
-    if not isinstance(size, (list, tuple)) or list(size) != [video["height"], video["width"]]:
-        raise ResultsError(
-            f"{name}: RLE size {size} is not the video's [height, width] [{video['height']}, {video['width']}]"
-        )
+    problem = _size_problem(segmentation["size"], video["height"], video["width"])
+    if problem is not None:
+        raise ResultsError(f"{name}: {problem}")
     return segmentation
 
 
@@ -234,9 +274,11 @@ def _load_results(
         raise ResultsError("the results list is empty: there is nothing to evaluate")
     known_categories = set(category_ids)
     groups: dict[tuple[int, int], _Tracks] = defaultdict(_new_tracks)
-    length_mismatches, unknown_categories = [], []
+    length_mismatches, unknown_categories, rles, places = [], [], [], []
     for index, result in enumerate(results):
         frames = _check_result(result, index, videos)
+        rles.extend(rle for rle in frames if rle is not None)
+        places.extend((index, frame) for frame, rle in enumerate(frames) if rle is not None)
         video = videos[result["video_id"]]
         if "length" in video and len(frames) != video["length"]:
             length_mismatches.append(f"result #{index} has {len(frames)} frames, video {video['id']} {video['length']}")
@@ -246,6 +288,12 @@ def _load_results(
         tracks = groups[result["video_id"], result["category_id"]]
         tracks.frames.append(frames)
         tracks.scores.append(result["score"])
+
+    def name(index: int) -> str:
+        result_index, frame = places[index]
+        return f"result #{result_index} (video {results[result_index]['video_id']}), frame {frame}"
+
+    _check_compressed_counts(rles, name, ResultsError)
     if length_mismatches:
         warnings.warn(
             f"{len(length_mismatches)} results do not have one segmentation per frame ({length_mismatches[0]}); "
@@ -263,6 +311,173 @@ def _load_results(
 
 
 # ----------------------------------------------------------------------------------------------------------
+# RLE validation. pycocotools trusts every RLE it is given: counts that do not add up to height x width
+# make its `iou` loop forever, and characters outside its alphabet are decoded into arbitrary runs. So
+# every mask is checked before pycocotools sees it, by a numpy decoder of the string format whose work
+# is bounded by the string's length.
+# ----------------------------------------------------------------------------------------------------------
+
+# pycocotools' rleToString writes each run (from the fourth on, as the difference to the run two before)
+# in 5-bit groups, least significant first, as the characters '0' + (group | 0x20 if more follow); the
+# last group's 0x10 bit is the sign. rleFrString reads them back with int shifts, exact only up to six
+# groups (30 bits), which is what masks under 2^29 pixels need; longer numbers are refused, not guessed.
+_FIRST_CHAR, _LAST_CHAR = ord("0"), ord("0") + 63
+_MAX_NUMBER_CHARS = 6
+_MAX_RUN = 2**31 - 1  # pycocotools keeps runs as 32-bit unsigned ints; masks this large are not videos
+_CHECK_BATCH = 4096  # RLEs per numpy pass: large enough to amortize numpy's call cost, small for memory
+
+_BAD_CHARACTER, _TRUNCATED, _NUMBER_TOO_LONG, _RUN_OUT_OF_RANGE, _WRONG_TOTAL = range(1, 6)
+_PROBLEMS = {
+    _BAD_CHARACTER: "RLE counts contain {character!r}, which is not in pycocotools' alphabet '0'..'o'",
+    _TRUNCATED: "RLE counts end in the middle of a number (the string is truncated)",
+    _NUMBER_TOO_LONG: f"RLE counts hold a number of more than {_MAX_NUMBER_CHARS} characters",
+    _RUN_OUT_OF_RANGE: f"RLE counts decode to a run length that is negative or over {_MAX_RUN}",
+    _WRONG_TOTAL: "RLE counts add up to {total} pixels, but its size {height} x {width} has {expected}",
+}
+
+
+@dataclass
+class DecodedCounts:
+    """Compressed RLE counts of several masks, decoded: `runs` of all masks in order, `run_counts` and
+    `totals` (sum of runs) per mask, and `problem`: 0 when every string decodes as pycocotools decodes
+    it, else the first key of _PROBLEMS that some string has (the runs are then meaningless)."""
+
+    runs: np.ndarray
+    run_counts: np.ndarray
+    totals: np.ndarray
+    problem: int
+
+
+def decode_compressed_counts(strings: Sequence[bytes]) -> DecodedCounts:
+    """pycocotools' `rleFrString` for many counts strings at once, in exact int64 arithmetic.
+
+    Checks are global (any string with the problem) so that the usual all-valid batch costs a few numpy
+    passes over its characters; `_check_compressed_counts` looks for the culprit only when one fails."""
+    lengths = np.fromiter(map(len, strings), dtype=np.int64, count=len(strings))
+    raw = np.frombuffer(b"".join(strings), dtype=np.uint8)
+    groups = raw - np.uint8(_FIRST_CHAR)  # wraps below '0', so one comparison finds both ends
+    more = (groups & 0x20) != 0
+    string_ends = np.cumsum(lengths)[lengths > 0] - 1
+    found = {_BAD_CHARACTER: (groups > _LAST_CHAR - _FIRST_CHAR).any(), _TRUNCATED: more[string_ends].any()}
+    more[string_ends] = False  # a truncated string's last number stops there, not in the next string
+    number_ends = np.flatnonzero(~more)
+    number_starts = np.concatenate([[0], number_ends + 1])[:-1]
+    number_lengths = number_ends - number_starts + 1
+    found[_NUMBER_TOO_LONG] = (number_lengths > _MAX_NUMBER_CHARS).any()
+    values = _number_values(groups, number_starts, number_lengths)
+    run_counts = np.diff(np.searchsorted(number_ends, np.cumsum(lengths) - 1, side="right"), prepend=0)
+    runs = _undo_run_differences(values, run_counts)
+    found[_RUN_OUT_OF_RANGE] = ((runs < 0) | (runs > _MAX_RUN)).any()
+    problem = next((problem for problem, present in found.items() if present), 0)
+    totals = np.zeros(len(strings), dtype=np.int64)
+    if len(runs):
+        firsts = np.cumsum(run_counts) - run_counts
+        totals[run_counts > 0] = np.add.reduceat(runs, firsts[run_counts > 0])
+    return DecodedCounts(runs=runs, run_counts=run_counts, totals=totals, problem=problem)
+
+
+def _number_values(groups: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The signed numbers spelled by the 5-bit groups at starts[i] : starts[i] + lengths[i] (at most
+    _MAX_NUMBER_CHARS of them read). One pass per character position, over the shrinking set of numbers
+    that long: most runs take one or two characters."""
+    values = (groups[starts] & 0x1F).astype(np.int64)
+    for position in range(1, _MAX_NUMBER_CHARS):
+        longer = np.flatnonzero(lengths > position)
+        if not len(longer):
+            break
+        values[longer] |= (groups[starts[longer] + position] & 0x1F).astype(np.int64) << (5 * position)
+    read = np.minimum(lengths, _MAX_NUMBER_CHARS)
+    negative = (groups[starts + read - 1] & 0x10) != 0
+    return values - np.where(negative, np.int64(1) << (5 * read), 0)
+
+
+def _undo_run_differences(values: np.ndarray, run_counts: np.ndarray) -> np.ndarray:
+    """Runs from the stored numbers: run i > 2 of a mask is stored as run i - run (i - 2).
+
+    So run i is a difference of cumulative sums taken every other number (C[p] = values[p] + values[p-2]
+    + ..., over all masks at once): for a mask whose numbers start at f, run 0 = C[f] - C[f-2], odd runs
+    C[p] - C[f-1] and even ones from 2 on C[p] - C[f]. int64 wrap-around cancels in the differences."""
+    chained = np.zeros(len(values) + 2, dtype=np.int64)  # C shifted by two, with C[-2] = C[-1] = 0
+    chained[2::2] = np.cumsum(values[0::2])
+    chained[3::2] = np.cumsum(values[1::2])
+    first = np.repeat(np.cumsum(run_counts) - run_counts, run_counts)
+    index = np.arange(len(values)) - first
+    base = first - np.where(index == 0, 2, np.where(index % 2 == 1, 1, 0))
+    return chained[2:] - chained[base + 2]
+
+
+def _counts_bytes(counts: str | bytes) -> bytes:
+    """The bytes pycocotools reads: it UTF-8-encodes str counts (lone surrogates, from JSON escapes, are
+    kept as bytes that the alphabet check refuses)."""
+    return counts.encode("utf-8", "surrogatepass") if isinstance(counts, str) else counts
+
+
+def _counts_problem(counts: bytes, height: int, width: int) -> int:
+    """The problem of one RLE's counts (0 for none)."""
+    decoded = decode_compressed_counts([counts])
+    if decoded.problem:
+        return decoded.problem
+    return _WRONG_TOTAL if int(decoded.totals[0]) != height * width else 0
+
+
+def _check_compressed_counts(rles: Sequence[Mapping], names: Callable[[int], str], error: type[Exception]) -> None:
+    """Raise `error` naming the first RLE (`names(index)`) whose counts do not decode to exactly its
+    height x width pixels. Sizes must have been checked already."""
+    for start in range(0, len(rles), _CHECK_BATCH):
+        batch = rles[start : start + _CHECK_BATCH]
+        strings = [_counts_bytes(rle["counts"]) for rle in batch]
+        decoded = decode_compressed_counts(strings)
+        expected = np.array([height * width for height, width in (rle["size"] for rle in batch)], dtype=np.int64)
+        if decoded.problem == 0 and (decoded.totals == expected).all():
+            continue
+        for index, (rle, counts) in enumerate(zip(batch, strings)):
+            problem = _counts_problem(counts, *rle["size"])
+            if problem:
+                raise error(f"{names(start + index)}: {_describe_problem(problem, rle, counts)}")
+
+
+def _describe_problem(problem: int, rle: Mapping, counts: bytes) -> str:
+    character = next((chr(byte) for byte in counts if not _FIRST_CHAR <= byte <= _LAST_CHAR), "")
+    height, width = rle["size"]
+    total = int(decode_compressed_counts([counts]).totals[0])
+    return _PROBLEMS[problem].format(
+        character=character, total=total, height=height, width=width, expected=height * width
+    )
+
+
+def _uncompressed_counts_problem(counts: list, height: int, width: int) -> str | None:
+    """What is wrong with uncompressed RLE counts (a list of runs), or None: pycocotools compresses them
+    without a check, so a wrong sum would reach its `iou` like a bad string."""
+    try:
+        runs = np.asarray(counts) if counts else np.zeros(0, dtype=np.int64)
+    except (TypeError, ValueError):  # ragged nesting
+        runs = np.zeros((0, 0))
+    if runs.ndim != 1 or runs.dtype.kind not in "iu":
+        return "uncompressed RLE counts must be a flat list of integers"
+    if ((runs < 0) | (runs > height * width)).any():
+        return f"uncompressed RLE counts hold a run length that is negative or over {height} x {width}"
+    if int(runs.sum()) != height * width:
+        return (
+            f"uncompressed RLE counts add up to {int(runs.sum())} pixels, but its size {height} x {width} "
+            f"has {height * width}"
+        )
+    return None
+
+
+def _is_integer(value: Any) -> bool:
+    """An int or numpy integer, not a bool (a tuple isinstance: this runs once per mask side)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _size_problem(size: Any, height: int, width: int) -> str | None:
+    """What is wrong with an RLE `size` for a video of height x width, or None."""
+    if isinstance(size, (list, tuple)) and len(size) == 2 and _is_integer(size[0]) and _is_integer(size[1]):
+        if size[0] == height and size[1] == width:
+            return None
+    return f"RLE size {size} is not the video's [height, width] [{height}, {width}]"
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Video IoU
 # ----------------------------------------------------------------------------------------------------------
 
@@ -270,11 +485,10 @@ def _load_results(
 @dataclass
 class _FrameTable:
     """Per-frame facts of a list of tracks, padded to the longest: `areas` [N, F] (0 where absent),
-    `present` [N, F], `sizes` [N, F, 2] (RLE height, width), `lengths` [N] (entries in the track)."""
+    `present` [N, F], `lengths` [N] (entries in the track)."""
 
     areas: np.ndarray
     present: np.ndarray
-    sizes: np.ndarray
     lengths: np.ndarray
 
 
@@ -286,11 +500,9 @@ def _frame_table(frames: list[list[dict | None]]) -> _FrameTable:
         present[index, : len(track)] = [rle is not None for rle in track]
     rles = [rle for track in frames for rle in track if rle is not None]
     areas = np.zeros(shape, dtype=np.int64)
-    sizes = np.zeros(shape + (2,), dtype=np.int64)
     if rles:
         areas[present] = rle_areas(rles)
-        sizes[present] = [rle["size"] for rle in rles]
-    return _FrameTable(areas=areas, present=present, sizes=sizes, lengths=lengths)
+    return _FrameTable(areas=areas, present=present, lengths=lengths)
 
 
 def _video_ious(results: _FrameTable, result_frames: list, truths: _FrameTable, truth_frames: list) -> np.ndarray:
@@ -300,8 +512,8 @@ def _video_ious(results: _FrameTable, result_frames: list, truths: _FrameTable, 
     side has a mask add its area to the union; that part is a prefix sum. Frames where both have masks
     take one pycocotools `iou` call for all such pairs; the exact integer intersection is recovered from
     the IoU (i = iou * (a + b) / (1 + iou), rounded: the error is far below 0.5 for masks under 2^32 px)
-    because pycocotools has no batched intersection. Masks of different sizes add nothing, since the
-    official merge of such masks is empty.
+    because pycocotools has no batched intersection. (The official code adds nothing for a pair of masks
+    of different sizes; validation gives every mask its video's size, so that case cannot arise.)
     """
     num_results, num_truths = len(result_frames), len(truth_frames)
     intersection = np.zeros((num_results, num_truths), dtype=np.int64)
@@ -320,11 +532,9 @@ def _video_ious(results: _FrameTable, result_frames: list, truths: _FrameTable, 
             [0] * len(truth_rows),
         )
         overlap = np.where(ious > 0, np.rint(ious * (result_areas + truth_areas) / (1.0 + ious)), 0).astype(np.int64)
-        result_sizes, truth_sizes = results.sizes[result_rows, frame], truths.sizes[truth_rows, frame]
-        same_size = (result_sizes[:, None, :] == truth_sizes[None, :, :]).all(-1)
         both = np.ix_(result_rows, truth_rows)
-        intersection[both] += np.where(same_size, overlap, 0)
-        union[both] -= np.where(same_size, overlap, result_areas + truth_areas)
+        intersection[both] += overlap
+        union[both] -= overlap
     return np.divide(intersection, union, out=np.zeros(union.shape), where=union > 0)
 
 
