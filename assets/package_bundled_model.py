@@ -19,15 +19,11 @@ import time
 from pathlib import Path
 
 import torch
-from vistr.model_card import (  # noqa: E402
-    build_model_card,
-    save_model_card,
-    save_model_folder,  # noqa: E402
-)
-from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation  # noqa: E402
-from vistr.tools.youtube_vis import make_synthetic  # noqa: E402
-from vistr.tools.youtube_vis_inference import run_split  # noqa: E402
-from vistr.train_accelerate import STATE_FILE, plot_loss_curve  # noqa: E402
+from vistr.model_card import build_model_card, save_model_card, save_model_folder
+from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation
+from vistr.tools.youtube_vis import make_synthetic
+from vistr.tools.youtube_vis_inference import run_split
+from vistr.train_accelerate import STATE_FILE, plot_loss_curve
 
 ASSETS = Path(__file__).resolve().parent
 BUNDLED = ASSETS / "vistr-tiny-synthetic"
@@ -69,9 +65,9 @@ def package(source: Path, run: Path, output: Path, metrics: dict[str, float], se
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     command = (run / "command.txt").read_text().strip() if (run / "command.txt").is_file() else "(not recorded)"
     wall = (run / "wall_time.txt").read_text().strip() if (run / "wall_time.txt").is_file() else "(not recorded)"
-    provenance = (f"Trained from scratch on this project's CPU machine by `{command}` for {state.get('step', '?')} "
-                  f"optimizer steps ({wall}), on `vistr make-synthetic` data (default settings, seed and size in the "
-                  "command). No pretrained weights.")  # fmt: skip
+    provenance = (f"Trained from scratch on this project's CPU machine: {command} VisTR trained for "
+                  f"{state.get('step', '?')} optimizer steps ({wall}), on `vistr make-synthetic` data (default settings, "
+                  "seed and size in the command). No pretrained weights.")  # fmt: skip
     card = build_model_card(model.config, name=output.name, provenance=provenance, datasets=["synthetic-youtube-vis"],
                             metrics=metrics, metrics_split=held_out_split(seed, videos))  # fmt: skip
     save_model_card(staging, card)
@@ -84,7 +80,7 @@ def package(source: Path, run: Path, output: Path, metrics: dict[str, float], se
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("source", type=Path, help="a trainer checkpoint folder (with config.json) or model folder")
-    parser.add_argument("--run", type=Path, help="the training run's output folder (command.txt, wall_time.txt)")
+    parser.add_argument("--run", type=Path, help="the training run's output folder: command.txt (how it was trained, markdown), wall_time.txt")
     parser.add_argument("--output", type=Path, default=BUNDLED)
     parser.add_argument("--seed", type=int, default=HELD_OUT_SEED)
     parser.add_argument("--videos", type=int, default=HELD_OUT_VIDEOS)
