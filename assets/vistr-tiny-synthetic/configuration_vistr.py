@@ -193,7 +193,4 @@ class VisTRConfig(PreTrainedConfig):
 
 VisTRConfig.register_for_auto_class()
 
-if not __package__:  # imported from our installed modules (not as Hub remote code): register
-    AutoConfig.register("vistr", VisTRConfig, exist_ok=True)
-
 __all__ = ["VisTRConfig", "youtube_vis_2019_id2label"]

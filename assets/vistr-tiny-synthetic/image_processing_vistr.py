@@ -10,23 +10,21 @@ tracks by mask IoU over the frames they share, so every instance has one id and 
 Clips rather than frame sampling (`do_sample_frames`): instance segmentation must cover every frame.
 
 Preprocessing reproduces the original exactly by default: PIL bilinear resize of the shortest edge (300 at
-inference) and ImageNet normalization, as torchvision's `Resize` + `ToTensor` + `Normalize` did in the
-original. A faster tensor path (`resize_backend="torchvision"`, which can run on GPU) differs from PIL's
-resampling by up to a few 1e-3 and is therefore not the default.
+inference; the longest edge capped at 1333, which only frames thinner than 4.4:1 reach) and ImageNet
+normalization, as torchvision's `Resize` + `ToTensor` + `Normalize` did in the original. A faster tensor path
+(`resize_backend="torchvision"`, which can run on GPU) differs from PIL's resampling by up to a few 1e-3 and
+is therefore not the default.
 
 Post-processing reproduces the original `inference.py`: per instance, the score is the mean over frames of
 the per-frame best class probability, the label the majority of per-frame labels (ties to the smaller id),
 masks are bilinearly upsampled to the original frame size and thresholded, and a frame whose score is below
 0.001 gets no segmentation in the YouTube-VIS results. It runs on the CPU, where the thresholded upsampling
-decides whole input cells whose corners are all clearly on one side of the threshold and interpolates only
-the cells along mask edges, with the bilinear kernel's own arithmetic (the same masks, several times faster;
-benchmarks/bench_postprocess.py); the masks come out column-major, as pycocotools encodes them.
+(mask_upsampling.py) computes only the pixels along mask edges: the same masks, several times faster.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -37,16 +35,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import AutoVideoProcessor
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import VideosKwargs
 from transformers.video_processing_utils import BaseVideoProcessor
 
-try:  # sibling modules of a package: Hub remote code (`trust_remote_code=True`)
-    from .video_io import VideoReadError, describe, iter_frames
-except ImportError:  # top-level modules: this project installed with pip
-    from configuration_vistr import VisTRConfig  # to register with AutoVideoProcessor below
-    from video_io import VideoReadError, describe, iter_frames
+from .mask_upsampling import upsample_and_threshold
+from .video_io import VideoReadError, describe, iter_frames
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -116,6 +110,21 @@ def resized_size(height: int, width: int, shortest_edge: int, longest_edge: int 
     if width < height:
         return int(shortest_edge * height / width), shortest_edge
     return shortest_edge, int(shortest_edge * width / height)
+
+
+def rescale_and_normalize(pixels: torch.Tensor, rescale_factor: float | None = 1 / 255,
+                          mean: Sequence[float] | None = IMAGENET_MEAN,
+                          std: Sequence[float] | None = IMAGENET_STD) -> torch.Tensor:
+    """Float pixels [..., 3, h, w] in 0..255 -> the model's input scale, by default exactly the original's
+    torchvision `ToTensor` (x / 255) and ImageNet `Normalize` ((x - mean) / std per channel), for inference
+    (the processor) and training (tools/training_data.py) alike. None skips a step."""
+    if rescale_factor is not None:
+        pixels = pixels / (1 / rescale_factor)  # x / 255 for the default: ToTensor's division, not a product
+    if mean is not None and std is not None:
+        mean = torch.tensor(mean, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
+        std = torch.tensor(std, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
+        pixels = pixels.sub(mean).div(std)
+    return pixels
 
 
 # ----------------------------------------------------------------------------------- options
@@ -427,7 +436,10 @@ class VisTRVideoProcessor(BaseVideoProcessor):
         num_frames (`int`): frames per clip, the model's `config.num_frames` (36 for the released models).
         stride (`int`, *optional*): frames between the starts of consecutive clips of a longer video
             (default: 3/4 of a clip, so that clips overlap and their instances can be linked).
-        size (`dict`): `{"shortest_edge": 300}` by default (the original inference); add `"longest_edge"` to cap the other side.
+        size (`dict`): `{"shortest_edge": 300, "longest_edge": 1333}` by default: the original inference's
+            shortest edge, and DETR's cap on the longest (the shortest edge is reduced so that the longest stays
+            near it), which leaves every aspect ratio up to 4.4:1 as the original resizes it and keeps thin
+            frames (3 x 1000) from growing to 300 x 100000.
         resize_backend (`str`): `"pil"` (exact, default) or `"torchvision"` (tensor resize, faster, approximate).
         do_resize, resample, do_rescale, rescale_factor, do_normalize, image_mean, image_std, do_convert_rgb,
         input_data_format, device: as `BaseVideoProcessor` defines them (ImageNet normalization by default).
@@ -440,7 +452,7 @@ class VisTRVideoProcessor(BaseVideoProcessor):
 
     model_input_names = ["pixel_values", "pixel_mask"]
     valid_kwargs = VisTRVideoProcessorKwargs
-    size = {"shortest_edge": 300}
+    size = {"shortest_edge": 300, "longest_edge": 1333}
     do_resize = True
     resample = int(Image.Resampling.BILINEAR)
     do_rescale = True
@@ -515,13 +527,8 @@ class VisTRVideoProcessor(BaseVideoProcessor):
         if (height, width) != tuple(pixels.shape[-2:]):  # the tensor backend
             mode = TORCH_RESAMPLING[options.resample]
             pixels = F.interpolate(pixels[None], (height, width), mode=mode, antialias=True, align_corners=False)[0]
-        if options.do_rescale:
-            pixels = pixels / (1 / options.rescale_factor)  # x / 255 for the default, exactly ToTensor's division
-        if options.do_normalize:
-            mean = torch.tensor(options.image_mean, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
-            std = torch.tensor(options.image_std, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
-            pixels = pixels.sub(mean).div(std)
-        return pixels
+        mean, std = (options.image_mean, options.image_std) if options.do_normalize else (None, None)
+        return rescale_and_normalize(pixels, options.rescale_factor if options.do_rescale else None, mean, std)
 
     def video_clips(self, video, **kwargs) -> VideoClips:
         """One video as lazily read clips (for videos too long to preprocess at once); kwargs as for a call."""
@@ -619,14 +626,7 @@ class VisTRVideoProcessor(BaseVideoProcessor):
         mask_logits = _cells_of_frame(mask_logits, processed_size)
         leading = mask_logits.shape[:-2]
         size = tuple(int(s) for s in original_size)
-        flat = mask_logits.reshape(-1, *mask_logits.shape[-2:])
-        fast = _upsample_threshold_by_cells(flat, size, threshold)
-        if fast is not None:
-            masks, nonempty = fast
-        else:
-            upsampled = F.interpolate(flat[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-            masks = upsampled.sigmoid() > threshold
-            nonempty = masks.flatten(1).any(1)
+        masks, nonempty = upsample_and_threshold(mask_logits.reshape(-1, *mask_logits.shape[-2:]), size, threshold)
         return masks.reshape(*leading, *size), nonempty.reshape(leading)
 
     @staticmethod
@@ -751,153 +751,6 @@ def processor_for_model(config, processor: VisTRVideoProcessor | None = None) ->
     return processor
 
 
-# ----------------------------------------------------------------------------------- mask upsampling
-
-
-def _fma(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """float32 a * b + c rounded once, as a fused multiply-add (float32 products are exact in float64)."""
-    return (a.double() * b.double() + c.double()).float()
-
-
-def _combine(p: torch.Tensor, q: torch.Tensor, wp: torch.Tensor, wq: torch.Tensor, fused: bool) -> torch.Tensor:
-    """p * wp + q * wq; with `fused`, the first product and the sum rounded once, as a compiler contracts it."""
-    return _fma(p, wp, q * wq) if fused else p * wp + q * wq
-
-
-def _linear_weights(out_size: int, in_size: int, dtype: torch.dtype, fused: bool) -> tuple[torch.Tensor, ...]:
-    """First input index and the two weights of each output index of F.interpolate(mode="bilinear",
-    align_corners=False), computed as its CPU kernel computes them: ratio in/out and source index
-    ratio * (i + 0.5) - 0.5 in the input's float type, clamped at 0, floorf."""
-    if out_size == in_size:
-        return torch.arange(out_size), torch.ones(out_size, dtype=dtype), torch.zeros(out_size, dtype=dtype)
-    ratio = torch.tensor(in_size, dtype=dtype) / out_size
-    centers = torch.arange(out_size, dtype=dtype) + 0.5
-    source = _fma(ratio, centers, torch.tensor(-0.5)) if fused else ratio * centers - 0.5
-    source = source.clamp(min=0)
-    index0 = source.float().floor().long().clamp(max=in_size - 1)
-    lambda1 = (source - index0.to(dtype)).clamp(0, 1)
-    return index0, 1 - lambda1, lambda1
-
-
-def _bilinear(logits: torch.Tensor, size: tuple[int, int], fused: bool) -> torch.Tensor:
-    """The whole upsampling [N, h, w] -> [N, H, W] with `_linear_weights` and `_combine` (for the probe)."""
-    h, w = logits.shape[-2:]
-    rows0, row_w0, row_w1 = _linear_weights(size[0], h, logits.dtype, fused)
-    cols0, col_w0, col_w1 = _linear_weights(size[1], w, logits.dtype, fused)
-    rows1, cols1 = (rows0 + 1).clamp(max=h - 1), (cols0 + 1).clamp(max=w - 1)
-    upper = _combine(logits[:, rows0][:, :, cols0], logits[:, rows0][:, :, cols1], col_w0, col_w1, fused)
-    lower = _combine(logits[:, rows1][:, :, cols0], logits[:, rows1][:, :, cols1], col_w0, col_w1, fused)
-    return _combine(upper, lower, row_w0[:, None], row_w1[:, None], fused)
-
-
-_BILINEAR_ARITHMETIC: dict[torch.dtype, bool | None] = {}
-
-
-def _bilinear_arithmetic(dtype: torch.dtype) -> bool | None:
-    """Whether this PyTorch build's CPU bilinear kernel fuses its multiply-adds (True) or not (False), found
-    by reproducing it bit for bit on a probe; None if neither does (then the kernel itself is used).
-    float64 is only tried unfused (an exact float64 FMA is not at hand)."""
-    if dtype not in _BILINEAR_ARITHMETIC:
-        probe = torch.randn(3, 11, 13, generator=torch.Generator().manual_seed(0), dtype=dtype) * 4
-        size = (70, 90)  # H + W > 128: the kernel's generic path, as for frame-sized outputs
-        expected = F.interpolate(probe[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-        candidates = (True, False) if dtype == torch.float32 else (False,)
-        _BILINEAR_ARITHMETIC[dtype] = next((f for f in candidates if torch.equal(_bilinear(probe, size, f), expected)), None)
-    return _BILINEAR_ARITHMETIC[dtype]
-
-
-def _output_chunks(index0: torch.Tensor, in_size: int, out_size: int) -> tuple[int, torch.Tensor, ...]:
-    """Output indices reading input index i as their first tap, cut into runs of at most `g`.
-
-    Returns g, the number of runs of each input index [in], its first run [in], and each run's start and
-    length. Interior runs are whole; the border ones, longer (the kernel clamps there), are cut in two.
-    """
-    count = torch.bincount(index0, minlength=in_size)
-    start = count.cumsum(0) - count
-    g = -(-out_size // in_size)
-    pieces = -(-count // g)
-    first = pieces.cumsum(0) - pieces
-    source = torch.repeat_interleave(torch.arange(in_size), pieces)
-    run_start = start[source] + (torch.arange(len(source)) - first[source]) * g
-    run_length = torch.minimum(torch.tensor(g), start[source] + count[source] - run_start)
-    return g, pieces, first, run_start, run_length
-
-
-def _upsample_threshold_by_cells(logits: torch.Tensor, size: tuple[int, int], threshold: float):
-    """sigmoid(bilinear upsampling of logits [N, h, w] to `size`) > threshold, deciding whole cells at once.
-
-    An output pixel interpolates the 4 corners of one input cell with non-negative weights, so it lies
-    between their minimum and maximum: a cell whose 4 corners are all clearly above (below) the
-    threshold's logit makes all its output pixels True (False) without computing them. Only the pixels
-    of the remaining cells (along mask edges) are interpolated with the kernel's own weights and
-    arithmetic (bit for bit, checked once on a probe: `_bilinear_arithmetic`) and passed through the
-    sigmoid as before. Returns (masks [N, H, W] bool, stored
-    column-major per mask as pycocotools wants them; nonempty [N]), or None where the plain path is the
-    better one: other devices or dtypes, extreme thresholds, non-finite logits, downsampling or small
-    outputs, or mostly undecided cells (noise-like logits).
-    """
-    n, h, w = logits.shape
-    height, width = size
-    if (logits.device.type != "cpu" or logits.dtype not in (torch.float32, torch.float64) or not 0.01 <= threshold <= 0.99
-            or n == 0 or height < h or width < w or height * width < 16 * h * w or height + width <= 128):
-        return None
-    fused = _bilinear_arithmetic(logits.dtype)
-    if fused is None:
-        return None
-    magnitude = float(logits.abs().amax())
-    if not math.isfinite(magnitude):
-        return None
-    dtype = logits.dtype
-    rows0, row_w0, row_w1 = _linear_weights(height, h, dtype, fused)
-    cols0, col_w0, col_w1 = _linear_weights(width, w, dtype, fused)
-    # cell (i, j) has corners at rows i, min(i + 1, h - 1) and columns j, min(j + 1, w - 1); when upsampling
-    # every cell is some pixel's
-    below_row = torch.cat([logits[:, 1:], logits[:, -1:]], dim=1)
-    low, high = torch.minimum(logits, below_row), torch.maximum(logits, below_row)
-    low = torch.minimum(low, torch.cat([low[:, :, 1:], low[:, :, -1:]], dim=2))
-    high = torch.maximum(high, torch.cat([high[:, :, 1:], high[:, :, -1:]], dim=2))
-    boundary = math.log(threshold / (1 - threshold))
-    # far beyond any rounding of the interpolation (relative) and of the sigmoid (absolute)
-    margin = 1e-3 * (1 + abs(boundary)) + 1e-5 * magnitude
-    above = low > boundary + margin
-    undecided = (high >= boundary - margin) & ~above
-    cells = undecided.nonzero()  # [K, 3]: (mask, i, j)
-    if cells.shape[0] > 0.25 * n * h * w:
-        return None  # mostly undecided: plain upsampling is cheaper
-    # decided cells to pixels, in column-major storage [N, W, H] (numpy's repeat copies whole runs)
-    row_count, col_count = torch.bincount(rows0, minlength=h), torch.bincount(cols0, minlength=w)
-    expanded = np.repeat(above.transpose(1, 2).contiguous().numpy(), row_count.numpy(), axis=2)  # [N, w, H]
-    masks_t = torch.from_numpy(np.repeat(expanded, col_count.numpy(), axis=1))  # [N, W, H]
-    nonempty = above.flatten(1).any(1)
-    if cells.shape[0]:
-        # the pixels of undecided cells, as blocks of row runs x column runs of the cell
-        g_rows, row_pieces, row_first, row_start, row_length = _output_chunks(rows0, h, height)
-        g_cols, col_pieces, col_first, col_start, col_length = _output_chunks(cols0, w, width)
-        index, i, j = cells.unbind(1)
-        blocks = row_pieces[i] * col_pieces[j]  # 1 but at the borders
-        if bool((blocks != 1).any()):
-            cell = torch.repeat_interleave(torch.arange(len(index)), blocks)
-            local = torch.arange(len(cell)) - torch.repeat_interleave(blocks.cumsum(0) - blocks, blocks)
-            row_run = row_first[i[cell]] + torch.div(local, col_pieces[j[cell]], rounding_mode="floor")
-            col_run = col_first[j[cell]] + local % col_pieces[j[cell]]
-            index, i, j = index[cell], i[cell], j[cell]
-        else:
-            row_run, col_run = row_first[i], col_first[j]
-        # runs padded to g by repeating their last pixel (recomputed and rewritten with the same value)
-        r = row_start[row_run, None] + torch.minimum(torch.arange(g_rows), row_length[row_run, None] - 1)  # [K, gr]
-        c = col_start[col_run, None] + torch.minimum(torch.arange(g_cols), col_length[col_run, None] - 1)  # [K, gc]
-        next_i, next_j = (i + 1).clamp(max=h - 1), (j + 1).clamp(max=w - 1)
-        v00, v01 = logits[index, i, j, None], logits[index, i, next_j, None]
-        v10, v11 = logits[index, next_i, j, None], logits[index, next_i, next_j, None]
-        w0, w1 = col_w0[c], col_w1[c]  # [K, gc]
-        # the CPU kernel's order: (v00 * w0 + v01 * w1) * h0 + (v10 * w0 + v11 * w1) * h1
-        upper, lower = _combine(v00, v01, w0, w1, fused), _combine(v10, v11, w0, w1, fused)
-        values = _combine(upper[:, :, None], lower[:, :, None], row_w0[r][:, None, :], row_w1[r][:, None, :], fused)
-        decided = values.sigmoid() > threshold
-        masks_t[index[:, None, None], c[:, :, None], r[:, None, :]] = decided
-        nonempty[index[decided.flatten(1).any(1)]] = True
-    return masks_t.transpose(1, 2), nonempty
-
 def encode_rle(mask) -> dict:
     """Bool mask [H, W] -> COCO compressed RLE with str counts."""
     from pycocotools import mask as mask_utils
@@ -912,10 +765,9 @@ def encode_rle(mask) -> dict:
 
 VisTRVideoProcessor.register_for_auto_class("AutoVideoProcessor")
 
-if not __package__:  # imported from our installed modules (not as Hub remote code): register
-    AutoVideoProcessor.register(VisTRConfig, VisTRVideoProcessor, exist_ok=True)
 
 __all__ = [
     "ClipLayout", "ClipStitcher", "VideoClips", "VisTRVideoProcessor", "clip_count", "clip_stride", "default_stride",
-    "encode_rle", "frame_rle", "iter_clips", "processor_for_model", "resized_size", "sequence_iou",
+    "encode_rle", "frame_rle", "iter_clips", "processor_for_model", "rescale_and_normalize", "resized_size",
+    "sequence_iou",
 ]

@@ -18,12 +18,8 @@ from transformers.utils import CONFIG_NAME, VIDEO_PROCESSOR_NAME
 
 # Relative imports of a model file's modules travel with it: every `save_pretrained` of the model (and the
 # Hub's remote-code loader) takes the pipeline's and the processor's code along, so its folder always holds them.
-try:  # sibling modules of a package: Hub remote code (`trust_remote_code=True`)
-    from .image_processing_vistr import processor_for_model
-    from .pipeline_vistr import CUSTOM_PIPELINES, TASK
-except ImportError:  # top-level modules: this project installed with pip
-    from image_processing_vistr import processor_for_model
-    from pipeline_vistr import CUSTOM_PIPELINES, TASK
+from .image_processing_vistr import processor_for_model
+from .pipeline_vistr import CUSTOM_PIPELINES, TASK, VideoInstanceSegmentationPipeline
 
 PAPER = "https://arxiv.org/abs/2011.14503"
 TAGS = [TASK, "vistr", "transformers"]
@@ -180,4 +176,14 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, api=None, private: bool
     return str(getattr(commit, "commit_url", commit))
 
 
-__all__ = ["build_model_card", "file_sha256", "push_to_hub", "save_default_model_card", "save_model_card"]
+def save_model_folder(model, folder: str | os.PathLike, processor=None) -> None:
+    """Write everything a model folder needs to be used anywhere: weights, config (with `auto_map` and
+    `custom_pipelines`), the video processor config, and the code files for `trust_remote_code`
+    (the pipeline's `save_pretrained` takes the model's, the processor's and its own code along)."""
+    pipe = VideoInstanceSegmentationPipeline(model=model, video_processor=processor, device=model.device)
+    pipe.save_pretrained(folder)
+
+
+__all__ = [
+    "build_model_card", "file_sha256", "push_to_hub", "save_default_model_card", "save_model_card", "save_model_folder",
+]

@@ -5,12 +5,12 @@ original outputs to float64 round-off. Where the original looped over frames and
 batch size 1 hard-coded, this port runs every frame and instance of every video at once; the
 arithmetic per element is unchanged, so a batch equals its videos run one by one.
 
-Speed (benchmarks/bench_forward.py against the original's control flow): the frozen batch norms
-are folded into the backbone's convolutions (channels-last on CPU); the mask head's first
-convolution takes the encoder memory's share once per frame instead of once per query; on CPU the
-deformable convolution samples with `grid_sample` (deform_conv.py) and the 3-D instance head runs
-channels-last.
-Each equals the plain computation to round-off (tests/test_modeling_fast_paths.py).
+Speed (benchmarks/bench_forward.py against the original's control flow), each path beside what it
+speeds up: the frozen batch norms are folded into the backbone's convolutions once, at construction
+(frozen_batch_norm.py; channels-last on CPU); the mask head's first convolution takes the encoder memory's
+share once per frame instead of once per query; the deformable convolution's CPU and GPU paths live in
+deform_conv.py; the 3-D instance head runs channels-last on CPU. Each equals the plain computation to
+round-off (tests/test_modeling_fast_paths.py).
 
 Conventions: `pixel_values` [B, T, 3, H, W], `pixel_mask` [B, T, H, W] with 1 = real pixel;
 queries are frame-major (query `t * n + slot`); the same slot across frames is one instance.
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, AutoModelForInstanceSegmentation, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.backbone_utils import load_backbone
@@ -33,21 +33,16 @@ from transformers.loss.loss_utils import LOSS_MAPPING
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.models.detr.modeling_detr import DetrFrozenBatchNorm2d, eager_attention_forward, replace_batch_norm
+from transformers.models.detr.modeling_detr import eager_attention_forward, replace_batch_norm
 from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
-try:  # sibling modules of a package: Hub remote code (`trust_remote_code=True`)
-    from .configuration_vistr import VisTRConfig
-    from .deform_conv import DeformConv2d
-    from .loss_vistr import ForVideoInstanceSegmentationLoss
-    from .model_card import save_default_model_card
-except ImportError:  # top-level modules: this project installed with pip
-    from configuration_vistr import VisTRConfig
-    from deform_conv import DeformConv2d
-    from loss_vistr import ForVideoInstanceSegmentationLoss
-    from model_card import save_default_model_card
+from .configuration_vistr import VisTRConfig
+from .deform_conv import DeformConv2d
+from .frozen_batch_norm import fold_frozen_batch_norms
+from .loss_vistr import ForVideoInstanceSegmentationLoss
+from .model_card import save_default_model_card
 
 
 @dataclass
@@ -182,71 +177,21 @@ def _is_plain(module: nn.Module | None, cls: type) -> bool:
     return type(module) is cls and not (module._forward_hooks or module._forward_pre_hooks)
 
 
-def _is_frozen_batch_norm(module: nn.Module) -> bool:
-    # transformers' DetrFrozenBatchNorm2d: buffers only, scale = weight * rsqrt(running_var + 1e-5)
-    return _is_plain(module, DetrFrozenBatchNorm2d) and not any(True for _ in module.parameters())
+# The original's initialisation of freshly created weights, by leaf module: transformers initialises module by
+# module from the leaves up and skips weights already set, so a rule on a parent (say "xavier for every matrix
+# of a transformer layer") would never reach its leaves. Each rule is attached to the leaves it covers.
+ORIGINAL_INIT = "_vistr_original_init"
 
 
-def _is_identity(module: nn.Module | None) -> bool:
-    return module is None or _is_plain(module, nn.Identity)
+def use_original_init(module: nn.Module, rule: str, kinds: tuple[type, ...]) -> None:
+    """Mark every `kinds` leaf of `module` for `rule` ("xavier", "xavier, zero bias", "kaiming, zero bias",
+    "zeros"), applied by `VisTRPreTrainedModel._init_weights`."""
+    for leaf in module.modules():
+        if isinstance(leaf, kinds):
+            setattr(leaf, ORIGINAL_INIT, rule)
 
 
-def _fusable_resnet_blocks(model: nn.Module) -> list[list[nn.Module]] | None:
-    """The blocks of layer1..layer4 when `model` is a plain timm ResNet (conv-norm-ReLU stem, Bottleneck or
-    BasicBlock stages, frozen norms, no SE/anti-aliasing/drop-path, outputs = the four stages); else None."""
-    names = [name for name, _ in model.named_children()]
-    stages = ["layer1", "layer2", "layer3", "layer4"]
-    if names != ["conv1", "bn1", "act1", "maxpool"] + stages or list(getattr(model, "return_layers", {})) != stages:
-        return None
-    if model._forward_hooks or model._forward_pre_hooks:
-        return None
-    if not (_is_plain(model.conv1, nn.Conv2d) and _is_frozen_batch_norm(model.bn1) and _is_plain(model.act1, nn.ReLU)):
-        return None
-    for stage in stages:
-        if not _is_plain(getattr(model, stage), nn.Sequential) or not _is_plain(model.maxpool, nn.MaxPool2d):
-            return None
-        for block in getattr(model, stage):
-            kind = type(block).__name__
-            convs = ("conv1", "conv2", "conv3") if kind == "Bottleneck" else ("conv1", "conv2") if kind == "BasicBlock" else ()
-            if not convs:
-                return None
-            for i, conv in enumerate(convs, start=1):
-                if not (_is_plain(getattr(block, conv), nn.Conv2d) and _is_frozen_batch_norm(getattr(block, f"bn{i}"))):
-                    return None
-            acts = [getattr(block, f"act{i}", None) for i in range(1, len(convs) + 1)]
-            if block._forward_hooks or block._forward_pre_hooks or not all(_is_plain(act, nn.ReLU) for act in acts):
-                return None
-            if not all(_is_identity(getattr(block, name, None)) for name in ("drop_block", "aa", "se", "drop_path")):
-                return None
-            downsample = block.downsample
-            if downsample is not None and not (
-                _is_plain(downsample, nn.Sequential) and len(downsample) == 2 and _is_plain(downsample[0], nn.Conv2d)
-                and _is_frozen_batch_norm(downsample[1])
-            ):
-                return None
-    return [list(getattr(model, stage)) for stage in stages]
-
-
-def _conv_frozen_batch_norm(x: torch.Tensor, conv: nn.Conv2d, norm: nn.Module) -> torch.Tensor:
-    """norm(conv(x)) as one convolution: the norm's scale folded into the weights, its shift into the bias."""
-    scale = norm.weight * (norm.running_var + 1e-5).rsqrt()  # the norm's own formula, in its order
-    shift = norm.bias - norm.running_mean * scale
-    bias = shift if conv.bias is None else conv.bias * scale + shift
-    weight = conv.weight * scale.view(-1, 1, 1, 1)
-    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-
-
-def _fused_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A timm Bottleneck / BasicBlock: conv-norm-ReLU chain, shortcut, add, ReLU."""
-    shortcut = x if block.downsample is None else _conv_frozen_batch_norm(x, block.downsample[0], block.downsample[1])
-    # in place on fresh convolution outputs: a convolution's backward does not need its output
-    y = F.relu(_conv_frozen_batch_norm(x, block.conv1, block.bn1), inplace=True)
-    if hasattr(block, "conv3"):
-        y = F.relu(_conv_frozen_batch_norm(y, block.conv2, block.bn2), inplace=True)
-        y = _conv_frozen_batch_norm(y, block.conv3, block.bn3)
-    else:
-        y = _conv_frozen_batch_norm(y, block.conv2, block.bn2)
-    return F.relu(y.add_(shortcut), inplace=True)
+# ----------------------------------------------------------------------------------- backbone
 
 
 def _replace_batch_norm_by_group_norm(module: nn.Module) -> None:
@@ -285,30 +230,20 @@ class VisTRConvBackbone(nn.Module):
         for name, parameter in self.model.named_parameters():
             if name.startswith(frozen):
                 parameter.requires_grad_(False)
+        # speed (frozen_batch_norm.py): each frozen norm folded into the convolution before it, same weights
+        folded = config.backbone_norm == "frozen_batch_norm" and fold_frozen_batch_norms(self.model) > 0
+        # a folded backbone is convolutions and ReLUs, which oneDNN runs fastest channels-last (NHWC) on CPU;
+        # trained norms keep timm's layout
+        self.channels_last_on_cpu = folded
 
     def forward(self, frames: torch.Tensor) -> list[torch.Tensor]:
-        stages = _fusable_resnet_blocks(self.model)  # checked per call: cheap, and robust to module surgery
-        if stages is None:  # a layout we do not know: timm's own forward
-            return list(self.model(frames))
-        return self._fused_forward(frames, stages)
+        """frames [N, 3, H, W] -> the four stages' feature maps (channels-last on CPU when folded: same values)."""
+        if self.channels_last_on_cpu and frames.device.type == "cpu":
+            frames = frames.contiguous(memory_format=torch.channels_last)
+        return list(self.model(frames))
 
-    def _fused_forward(self, frames: torch.Tensor, stages: list[list[nn.Module]]) -> list[torch.Tensor]:
-        """timm's ResNet forward with each frozen batch norm folded into its convolution (channels-last on CPU).
 
-        conv(x, W) * s + b  ==  conv(x, W * s) + b  (s, b the norm's per-channel scale and shift): one
-        pass over each activation instead of three. Differentiable: gradients reach the convolution
-        weights through the fold. On CPU the frames go channels-last (NHWC), oneDNN's native layout;
-        the returned levels keep it (same values, other strides).
-        """
-        model = self.model
-        x = frames.contiguous(memory_format=torch.channels_last) if frames.device.type == "cpu" else frames
-        x = model.maxpool(F.relu(_conv_frozen_batch_norm(x, model.conv1, model.bn1), inplace=True))
-        levels = []
-        for blocks in stages:
-            for block in blocks:
-                x = _fused_block(block, x)
-            levels.append(x)
-        return levels
+# ----------------------------------------------------------------------------------- 3-D position encoding
 
 
 class VisTRSinePositionEmbedding(nn.Module):
@@ -341,18 +276,7 @@ class VisTRSinePositionEmbedding(nn.Module):
         return torch.cat(encoded, dim=4).permute(0, 1, 4, 2, 3).to(dtype)
 
 
-# The original's initialisation of freshly created weights, by leaf module: transformers initialises module by
-# module from the leaves up and skips weights already set, so a rule on a parent (say "xavier for every matrix
-# of a transformer layer") would never reach its leaves. Each rule is attached to the leaves it covers.
-ORIGINAL_INIT = "_vistr_original_init"
-
-
-def use_original_init(module: nn.Module, rule: str, kinds: tuple[type, ...]) -> None:
-    """Mark every `kinds` leaf of `module` for `rule` ("xavier", "xavier, zero bias", "kaiming, zero bias",
-    "zeros"), applied by `VisTRPreTrainedModel._init_weights`."""
-    for leaf in module.modules():
-        if isinstance(leaf, kinds):
-            setattr(leaf, ORIGINAL_INIT, rule)
+# ----------------------------------------------------------------------------------- transformer
 
 
 class VisTRAttention(nn.Module):
@@ -479,20 +403,7 @@ class VisTRDecoderLayer(GradientCheckpointingLayer):
         return self._residual(hidden_states, self.final_layer_norm, self.ffn)
 
 
-class VisTRMLPPredictionHead(nn.Module):
-    """Box regression MLP (d_model -> d_model -> 4), ReLU between layers."""
-
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
-        super().__init__()
-        dims = [input_dim] + [hidden_dim] * (num_layers - 1)
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims, dims[1:] + [output_dim]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = F.relu(x)
-        return x
+# ----------------------------------------------------------------------------------- encoder, decoder, base model
 
 
 class VisTRPreTrainedModel(PreTrainedModel):
@@ -699,6 +610,25 @@ class VisTRModel(VisTRPreTrainedModel):
         )
 
 
+# ----------------------------------------------------------------------------------- heads
+
+
+class VisTRMLPPredictionHead(nn.Module):
+    """Box regression MLP (d_model -> d_model -> 4), ReLU between layers."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1)
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims, dims[1:] + [output_dim]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
+
 class VisTRMHAttentionMap(nn.Module):
     """Attention maps of each query over its frame's memory (no values).
 
@@ -831,6 +761,9 @@ class VisTRInstanceHead(nn.Module):
         # the 1x1x1 convolution to one channel as a matrix product over the (innermost) channels
         out = F.linear(x.movedim(1, -1), self.out_conv.weight.flatten(1), self.out_conv.bias)
         return out.movedim(-1, 1)
+
+
+# ----------------------------------------------------------------------------------- the full model
 
 
 class VisTRForVideoInstanceSegmentation(VisTRPreTrainedModel):
@@ -979,9 +912,6 @@ LOSS_MAPPING[VisTRForVideoInstanceSegmentation.__name__] = ForVideoInstanceSegme
 VisTRModel.register_for_auto_class("AutoModel")
 VisTRForVideoInstanceSegmentation.register_for_auto_class("AutoModelForInstanceSegmentation")
 
-if not __package__:  # imported from our installed modules (not as Hub remote code): register
-    AutoModel.register(VisTRConfig, VisTRModel, exist_ok=True)
-    AutoModelForInstanceSegmentation.register(VisTRConfig, VisTRForVideoInstanceSegmentation, exist_ok=True)
 
 __all__ = [
     "VisTRForVideoInstanceSegmentation",

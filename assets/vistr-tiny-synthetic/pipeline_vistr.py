@@ -14,13 +14,9 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
-from transformers import AutoModelForInstanceSegmentation, Pipeline
-from transformers.pipelines import PIPELINE_REGISTRY
+from transformers import Pipeline
 
-try:  # sibling modules of a package: Hub remote code (`trust_remote_code=True`)
-    from .image_processing_vistr import ClipStitcher, VisTRVideoProcessor, clip_count, clip_stride, processor_for_model
-except ImportError:  # top-level modules: this project installed with pip
-    from image_processing_vistr import ClipStitcher, VisTRVideoProcessor, clip_count, clip_stride, processor_for_model
+from .image_processing_vistr import ClipStitcher, VisTRVideoProcessor, clip_count, clip_stride, processor_for_model
 
 TASK = "video-instance-segmentation"
 # the pipeline's defaults: the processor's post-processing defaults (DETR's threshold), masks as tensors
@@ -150,23 +146,11 @@ class VideoInstanceSegmentationPipeline(Pipeline):
         self.video_processor.save_pretrained(save_directory)
 
 
-def save_model_folder(model, folder, processor: VisTRVideoProcessor | None = None) -> None:
-    """Write everything a model folder needs to be used anywhere: weights, config (with `auto_map` and
-    `custom_pipelines`), the video processor config, and the code files for `trust_remote_code`."""
-    pipe = VideoInstanceSegmentationPipeline(model=model, video_processor=processor, device=model.device)
-    pipe.save_pretrained(folder)
-
-
 # the config entry `Pipeline.save_pretrained` writes: `pipeline(TASK, model=folder, trust_remote_code=True)` finds
 # this code through it
 CUSTOM_PIPELINES = {TASK: {"impl": f"pipeline_vistr.{VideoInstanceSegmentationPipeline.__name__}",
                            "pt": ["AutoModelForInstanceSegmentation"], "type": "video"}}  # fmt: skip
 
-PIPELINE_REGISTRY.register_pipeline(
-    TASK, pipeline_class=VideoInstanceSegmentationPipeline, pt_model=AutoModelForInstanceSegmentation, type="video"
-)
-
 __all__ = [
     "CUSTOM_PIPELINES", "TASK", "VideoInstanceSegmentationPipeline", "VideoSegmenter", "decode_masks",
-    "save_model_folder",
 ]

@@ -1,25 +1,30 @@
-"""Reading videos and frame folders one frame at a time, and writing videos atomically.
+"""Reading videos, frame folders and frame arrays one frame at a time (the processor's input side).
 
-Frames are streamed so that a long video never sits in memory at full resolution; every read
-error names the file and what to do about it, and every write goes to a temporary file that is
-renamed into place only when complete.
+Frames are streamed so that a long video never sits in memory at full resolution; every read error
+names the file and what to do about it. Frames come upright (EXIF orientation, the video's display
+matrix) and in 8 bits. Writing videos is a tool's job: `vistr.tools.video_writer`.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import tempfile
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps, ImageSequence
 
 FRAME_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 CHANNEL_COUNTS = (1, 3, 4)  # grayscale, RGB, RGBA
-VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
+VIDEO_EXTENSIONS = {
+    ".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".m2ts", ".mts",
+    ".3gp", ".ogv",
+}
+SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}  # how Pillow opens 16-bit grayscale PNG and TIFF
+# Quarter turns that bring a decoded video frame upright, by the display matrix's counter-clockwise angle.
+_UPRIGHT = {0: None, 90: Image.Transpose.ROTATE_90, -90: Image.Transpose.ROTATE_270, 180: Image.Transpose.ROTATE_180,
+            -180: Image.Transpose.ROTATE_180}
 
 
 class VideoReadError(ValueError):
@@ -43,12 +48,64 @@ def list_frame_files(folder: str | os.PathLike) -> list[Path]:
 
 
 def _open_image(path: Path) -> Image.Image:
+    """One frame file, as displayed (see `_as_displayed`). An animated image cannot be one frame: reading
+    only its first picture would silently drop the rest."""
     try:
         with Image.open(path) as image:
+            frames = getattr(image, "n_frames", 1)
+            if frames > 1:
+                raise VideoReadError(
+                    f"{path}: an animated image ({frames} frames) cannot be one frame of a video. "
+                    "Give it alone as the video, or extract its frames."
+                )
             image.load()
-            return image
+            return _as_displayed(image, path)
+    except VideoReadError:
+        raise
     except Exception as error:
         raise VideoReadError(f"{path}: unreadable frame ({error}). Replace or remove the file.") from error
+
+
+def _iter_image_file(path: Path) -> Iterator[Image.Image]:
+    """An image file given as the video: each of its frames (an animated PNG, GIF, WebP or a multi-page
+    TIFF is a video; a still image is a one-frame video)."""
+    try:
+        with Image.open(path) as image:
+            for frame in ImageSequence.Iterator(image):
+                frame.load()
+                yield _as_displayed(frame.copy(), path)
+    except VideoReadError:
+        raise
+    except Exception as error:
+        raise VideoReadError(f"{path}: unreadable image ({error}). Replace the file.") from error
+
+
+def _as_displayed(image: Image.Image, path: Path) -> Image.Image:
+    """The picture a viewer shows: EXIF orientation applied (phones store pictures sideways and rely on
+    it) and 16-bit grayscale scaled to 8 bits (a plain convert to RGB clips it to 0 and 255). 32-bit
+    integer and float pixels have no agreed range, so they are refused rather than guessed."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in SIXTEEN_BIT_MODES:
+        return Image.fromarray(np.rint(np.asarray(image, dtype=np.float64) / 257.0).astype(np.uint8))
+    if image.mode in ("I", "F"):
+        raise VideoReadError(
+            f"{path}: {image.mode} pixels (32-bit {'integer' if image.mode == 'I' else 'float'}) have no standard "
+            "range. Save the frames as 8- or 16-bit images."
+        )
+    return image
+
+
+def _upright_video_frame(frame, path: Path) -> Image.Image:
+    """A decoded frame turned as its display matrix says (phone videos are stored sideways with a
+    rotation for the player); rotations other than quarter turns are refused."""
+    rotation = frame.rotation
+    if rotation not in _UPRIGHT:
+        raise VideoReadError(
+            f"{path}: the video's display matrix rotates it by {rotation} degrees, and only multiples of 90 are "
+            "supported. Re-encode it upright (e.g. ffmpeg -i in.mp4 out.mp4)."
+        )
+    image = frame.to_image()
+    return image if _UPRIGHT[rotation] is None else image.transpose(_UPRIGHT[rotation])
 
 
 def _iter_video_file(path: Path) -> Iterator[Image.Image]:
@@ -66,7 +123,7 @@ def _iter_video_file(path: Path) -> Iterator[Image.Image]:
         try:
             for frame in container.decode(stream):
                 count += 1
-                yield frame.to_image()
+                yield _upright_video_frame(frame, path)
         except av.FFmpegError as error:
             raise VideoReadError(f"{path}: decoding failed after {count} frames ({error}). The video is corrupt; re-encode it.") from error
         if count == 0:
@@ -129,6 +186,9 @@ def iter_frames(source, channels_first: bool | None = None) -> Iterator[Image.Im
 
     `source`: a video file, a folder of frames, a list of frame files (in that order), a list of PIL images /
     arrays, or a [T, H, W, C] or [T, C, H, W] array or tensor (`channels_first`: which, None to infer it).
+    Files are read as displayed: EXIF orientation and a video's display rotation applied, 16-bit grayscale
+    scaled to 8 bits. A single image file is a video of its frames (an animated PNG or GIF has several);
+    an animated image among the frames of a folder or list is refused.
     """
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
@@ -137,7 +197,7 @@ def iter_frames(source, channels_first: bool | None = None) -> Iterator[Image.Im
         if not path.is_file():
             raise VideoReadError(f"{path}: no such video file or frame folder.")
         if path.suffix.lower() in FRAME_EXTENSIONS:
-            return _iter_frame_folder([path])
+            return _iter_image_file(path)
         return _iter_video_file(path)
     if isinstance(source, (list, tuple)):
         if not source:
@@ -156,78 +216,38 @@ def describe(source) -> str:
 
 
 def video_fps(source, default: float = 10.0) -> float:
-    """Frame rate of a video file (for the overlay), or `default` for frames without timing."""
-    if not is_video_path(source):
+    """Frame rate of a video or animated image file (for the overlay), or `default` for frames without
+    timing. Any file that is not a frame image is probed, whatever its extension."""
+    if not isinstance(source, (str, os.PathLike)) or not Path(source).is_file():
         return default
+    path = Path(source)
+    if path.suffix.lower() in FRAME_EXTENSIONS:
+        return _animated_image_fps(path) or default
     import av
 
     try:
-        with av.open(str(source)) as container:
-            rate = container.streams.video[0].average_rate
-            return float(rate) if rate else default
+        with av.open(str(path)) as container:
+            return _stream_fps(container.streams.video[0]) or default
     except Exception:
         return default
 
 
-@contextmanager
-def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path beside `path`; rename it to `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(handle)
+def _stream_fps(stream) -> float | None:
+    """The first rate the container knows: the measured average, FFmpeg's guess, the base rate, and last
+    the frame count over the duration (time-base units)."""
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate and rate > 0:
+            return float(rate)
+    if stream.frames and stream.duration and stream.time_base:
+        return stream.frames / float(stream.duration * stream.time_base)
+    return None
+
+
+def _animated_image_fps(path: Path) -> float | None:
+    """Frames per second of an animated image (Pillow's `duration`, milliseconds per frame), None for a still."""
     try:
-        yield Path(temporary)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it private; the result is an ordinary file
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-
-
-def write_video(frames: Iterable[Image.Image], path: str | os.PathLike, fps: float) -> int:
-    """Write RGB frames to `path` (.gif through Pillow, other containers through PyAV); atomic. Returns the frame count."""
-    path = Path(path)
-    with atomic_path(path) as temporary:
-        if path.suffix.lower() == ".gif":
-            count = _write_gif(frames, temporary, fps)
-        else:
-            count = _write_with_pyav(frames, temporary, fps)
-    return count
-
-
-def _write_gif(frames: Iterable[Image.Image], path: Path, fps: float) -> int:
-    frames = list(frames)
-    if not frames:
-        raise ValueError("no frames to write")
-    duration = max(20, int(round(1000 / fps)))
-    frames[0].save(path, format="GIF", save_all=True, append_images=frames[1:], duration=duration, loop=0)
-    return len(frames)
-
-
-def _write_with_pyav(frames: Iterable[Image.Image], path: Path, fps: float) -> int:
-    from fractions import Fraction
-
-    import av
-
-    count = 0
-    with av.open(str(path), mode="w") as container:
-        stream = None
-        for image in frames:
-            if stream is None:
-                codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-                stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
-                stream.width, stream.height = image.width - image.width % 2, image.height - image.height % 2
-                stream.pix_fmt = "yuv420p"
-            if image.size != (stream.width, stream.height):
-                image = image.crop((0, 0, stream.width, stream.height))
-            for packet in stream.encode(av.VideoFrame.from_image(image.convert("RGB"))):
-                container.mux(packet)
-            count += 1
-        if stream is None:
-            raise ValueError("no frames to write")
-        for packet in stream.encode():
-            container.mux(packet)
-    return count
+        with Image.open(path) as image:
+            duration = image.info.get("duration") if getattr(image, "n_frames", 1) > 1 else None
+    except Exception:
+        return None
+    return 1000.0 / duration if isinstance(duration, (int, float)) and duration > 0 else None
