@@ -8,7 +8,8 @@ PyTorch does.
 
 The backend is chosen per call: CUDA tensors use Triton, everything else uses
 PyTorch: DCNv1 without groups (VisTR's case) as one ``grid_sample`` and a matrix
-product, the general case (DCNv2 masks, groups) as a corner-by-corner gather.  ``VISTR_DCN_BACKEND=triton|torch`` forces Triton or the
+product (in bf16/fp16 the product first, then the sampling of fewer channels), the
+general case (DCNv2 masks, groups) as a corner-by-corner gather.  ``VISTR_DCN_BACKEND=triton|torch`` forces Triton or the
 gather path; with ``triton`` and
 ``TRITON_INTERPRET=1`` (set before this module is imported) the Triton kernels
 run on CPU tensors through Triton's interpreter.
@@ -41,6 +42,9 @@ __all__ = ["deform_conv2d", "DeformConv2d"]
 # backward recomputes a chunk under autograd and keeps about four column-sized
 # temporaries alive, so the peak working set stays near 256 MB.
 _COLUMN_BUDGET_BYTES = 64 << 20
+# Bytes of one chunk's float32 products in the half-precision grid-sample path: small enough to stay
+# in cache between the product and its sampling (VisTR's mask head: one sample at a time).
+_HALF_PRECISION_BUDGET_BYTES = 4 << 20
 _BACKEND_ENV = "VISTR_DCN_BACKEND"
 
 
@@ -285,19 +289,63 @@ def _grid_coordinates(position: Tensor, integer_grid: Tensor) -> Tensor:
 
 
 def _grid_sample_deform_conv(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None, geo: _Geometry) -> Tensor:
-    """DCNv1 as one ``F.grid_sample`` over all taps and one batched matrix product, differentiable by autograd.
+    """DCNv1 as ``F.grid_sample`` and matrix products, differentiable by autograd.
 
     grid_sample's bilinear, zero-padded sampling is DCNv1's (a corner outside the image counts 0), and
     PyTorch's CPU kernels for it and for its backward are vectorized: several times faster than the
     corner-by-corner gather of ``_sample_columns`` in both directions.  The deformed positions are
-    computed in pixels, as torchvision does, and converted by ``_grid_coordinates``.  Half precision
-    (bf16 autocast) is computed in float32, as the gather path does: sampling positions in bf16 would be
-    off by up to half a pixel.
+    computed in pixels, as torchvision does, and converted by ``_grid_coordinates``, always in float32
+    or better: sampling positions in bf16 would be off by up to half a pixel.  float32/float64 sample
+    the input (``_grid_sample_full_precision``); half precision takes the product first
+    (``_grid_sample_half_precision``).
     """
     if input.dtype in (torch.float16, torch.bfloat16):
-        bias = None if bias is None else bias.float()
-        return _grid_sample_full_precision(input.float(), offset.float(), weight.float(), bias, geo).to(input.dtype)
-    return _grid_sample_full_precision(input, offset, weight, bias, geo)
+        return _grid_sample_half_precision(input, offset, weight, bias, geo)
+    bias = None if bias is None else bias.contiguous()
+    return _grid_sample_full_precision(input.contiguous(), offset.contiguous(), weight.contiguous(), bias, geo)
+
+
+def _sampling_grid(offset: Tensor, rows: Tensor, cols: Tensor, rows_grid: Tensor, cols_grid: Tensor,
+                   geo: _Geometry) -> Tensor:
+    """grid_sample's grid [N * taps, Ho, Wo, 2] (x, y) of the deformed positions, tap-major per sample."""
+    (out_h, out_w), taps = geo.out_size, geo.kernel[0] * geo.kernel[1]
+    deform = offset.view(offset.shape[0], taps, 2, out_h, out_w)  # (dy, dx) per tap
+    grid = torch.stack((_grid_coordinates(deform[:, :, 1] + cols, cols_grid),
+                        _grid_coordinates(deform[:, :, 0] + rows, rows_grid)), dim=-1)
+    return grid.view(offset.shape[0] * taps, out_h, out_w, 2)
+
+
+def _grid_sample_half_precision(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None,
+                                geo: _Geometry) -> Tensor:
+    """``_grid_sample_deform_conv`` on float16/bfloat16 tensors: each tap's product before its sampling.
+
+    Bilinear sampling weighs the pixels of every channel alike, so it commutes with a product over
+    channels: W_tap @ sample(x) = sample(W_tap @ x).  The per-tap products run first, in the input's
+    dtype (bf16 on AMX, float32 accumulation), over channels-last pixels (the mask head's layout: no
+    copy of the input), and grid_sample then samples C_out channels per tap instead of C_in (VisTR:
+    24 instead of 48) in float32, channels-last, on float32 positions; the taps are summed in float32
+    and rounded once.  The error is that of one rounding of the products to the input's dtype.
+    """
+    batch, channels, height, width = input.shape
+    (out_h, out_w), taps = geo.out_size, geo.kernel[0] * geo.kernel[1]
+    out_channels = weight.shape[0]
+    rows, cols = _tap_grid(geo, input.device, torch.float32)
+    rows_grid, cols_grid = (_integer_grid(size, input.device, torch.float32) for size in (height, width))
+    tap_weight = weight.flatten(2).permute(2, 1, 0)  # [taps, C, C_out]
+    pixels = input.permute(0, 2, 3, 1).reshape(batch, 1, height * width, channels)  # a view when channels-last
+    offset = offset.to(torch.float32, memory_format=torch.contiguous_format)
+    bias = None if bias is None else bias.float().view(1, -1, 1, 1)
+    chunk = max(1, _HALF_PRECISION_BUDGET_BYTES // max(1, taps * out_channels * height * width * 4))
+    outputs = []
+    for start in range(0, max(batch, 1), chunk):  # an empty batch is one empty chunk, still differentiable
+        stop = min(start + chunk, batch)
+        products = torch.matmul(pixels[start:stop], tap_weight).float()  # [n, taps, H*W, C_out]
+        products = products.view((stop - start) * taps, height, width, out_channels).permute(0, 3, 1, 2)
+        grid = _sampling_grid(offset[start:stop], rows, cols, rows_grid, cols_grid, geo)
+        sampled = F.grid_sample(products, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        summed = sampled.view(stop - start, taps, out_channels, out_h, out_w).sum(1)
+        outputs.append((summed if bias is None else summed + bias).to(input.dtype))
+    return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
 
 def _grid_sample_full_precision(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None, geo: _Geometry) -> Tensor:
@@ -311,12 +359,7 @@ def _grid_sample_full_precision(input: Tensor, offset: Tensor, weight: Tensor, b
     outputs = []
     for start in range(0, max(batch, 1), chunk):  # an empty batch is one empty chunk, still differentiable
         stop = min(start + chunk, batch)
-        deform = offset[start:stop].view(stop - start, taps, 2, out_h, out_w)  # (dy, dx) per tap
-        grid = torch.stack(  # (x, y) per sampling point
-            (_grid_coordinates(deform[:, :, 1] + cols, cols_grid),
-             _grid_coordinates(deform[:, :, 0] + rows, rows_grid)),
-            dim=-1,
-        )
+        grid = _sampling_grid(offset[start:stop], rows, cols, rows_grid, cols_grid, geo)
         columns = F.grid_sample(input[start:stop], grid.view(stop - start, taps * out_h, out_w, 2),
                                 mode="bilinear", padding_mode="zeros", align_corners=False)
         # bmm, not matmul: matmul would fold the batch into a transposed copy of the columns
@@ -350,6 +393,19 @@ def _tap_corners(off_tap, l, lmask, L, Wo, H, W, tap_y, tap_x, SH, SW, PH, PW, A
     top, bottom = lmask & (iy >= 0) & (iy < H), lmask & (iy >= -1) & (iy < H - 1)
     left, right = (ix >= 0) & (ix < W), (ix >= -1) & (ix < W - 1)
     return iy * W + ix, top & left, top & right, bottom & left, bottom & right, y - y0, x - x0
+
+
+@_jit
+def _tap_weights(off_ptr, mask_ptr, tap, l, lmask, L, Wo, H, W, tap_y, tap_x, SH, SW, PH, PW,
+                 HAS_MASK: tl.constexpr, ACC: tl.constexpr):
+    """One tap's top-left pixel index, corner masks and four bilinear weights (times the DCNv2 mask)."""
+    pix, ok00, ok01, ok10, ok11, fy, fx = _tap_corners(
+        off_ptr + tap * 2 * L, l, lmask, L, Wo, H, W, tap_y, tap_x, SH, SW, PH, PW, ACC)
+    w00, w01, w10, w11 = (1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx
+    if HAS_MASK:
+        m = tl.load(mask_ptr + tap * L + l, mask=lmask, other=0.0).to(ACC)
+        w00, w01, w10, w11 = w00 * m, w01 * m, w10 * m, w11 * m
+    return pix, ok00, ok01, ok10, ok11, w00, w01, w10, w11
 
 
 @_jit
@@ -389,13 +445,9 @@ def _forward_kernel(
     for og in range(c_lo // Cog, (c_hi - 1) // Cog + 1):
         s_lo, s_hi = tl.maximum(c_lo, og * Cog), tl.minimum(c_hi, og * Cog + Cog)
         for k in range(KH * KW):
-            tap = (n64 * G_off + og) * KH * KW + k
-            pix, ok00, ok01, ok10, ok11, fy, fx = _tap_corners(
-                off_ptr + tap * 2 * L, l, lmask, L, Wo, H, W, (k // KW) * DH, (k % KW) * DW, SH, SW, PH, PW, ACC)
-            w00, w01, w10, w11 = (1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx
-            if HAS_MASK:
-                m = tl.load(mask_ptr + tap * L + l, mask=lmask, other=0.0).to(ACC)
-                w00, w01, w10, w11 = w00 * m, w01 * m, w10 * m, w11 * m
+            pix, ok00, ok01, ok10, ok11, w00, w01, w10, w11 = _tap_weights(
+                off_ptr, mask_ptr, (n64 * G_off + og) * KH * KW + k, l, lmask, L, Wo, H, W, (k // KW) * DH,
+                (k % KW) * DW, SH, SW, PH, PW, HAS_MASK, ACC)
             for c0 in range(s_lo, s_hi, BLOCK_C):
                 chan = c0 + tl.arange(0, BLOCK_C)
                 cmask = chan < s_hi
@@ -503,13 +555,9 @@ def _backward_weight_kernel(
                 n64 = (item // l_tiles).to(tl.int64)
                 l = (item % l_tiles) * BLOCK_L + tl.arange(0, BLOCK_L)
                 lmask = l < L
-                tap = (n64 * G_off + og) * KH * KW + k
-                pix, ok00, ok01, ok10, ok11, fy, fx = _tap_corners(
-                    off_ptr + tap * 2 * L, l, lmask, L, Wo, H, W, (k // KW) * DH, (k % KW) * DW, SH, SW, PH, PW, ACC)
-                w00, w01, w10, w11 = (1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx
-                if HAS_MASK:
-                    m = tl.load(mask_ptr + tap * L + l, mask=lmask, other=0.0).to(ACC)
-                    w00, w01, w10, w11 = w00 * m, w01 * m, w10 * m, w11 * m
+                pix, ok00, ok01, ok10, ok11, w00, w01, w10, w11 = _tap_weights(
+                    off_ptr, mask_ptr, (n64 * G_off + og) * KH * KW + k, l, lmask, L, Wo, H, W, (k // KW) * DH,
+                    (k % KW) * DW, SH, SW, PH, PW, HAS_MASK, ACC)
                 cols = _sampled_block(x_ptr + n64 * C * H * W, chan, cmask, H * W, W, pix, ok00, ok01, ok10, ok11,
                                       w00, w01, w10, w11, ACC)
                 go = tl.load(gout_ptr + n64 * G * Og * L + (g * Og + o)[:, None] * L + l[None, :],
@@ -720,14 +768,14 @@ def deform_conv2d(
     Returns [N, C_out, Ho, Wo].
     """
     geo = _geometry(input, offset, weight, bias, mask, stride, padding, dilation)
+    backend = _backend(input)
+    if backend == "auto" and _grid_sample_applies(input, mask, geo):  # reads any memory layout
+        return _grid_sample_deform_conv(input, offset, weight, bias, geo)
     input, offset, weight = input.contiguous(), offset.contiguous(), weight.contiguous()
     mask = None if mask is None else mask.contiguous()
     bias = None if bias is None else bias.contiguous()
-    backend = _backend(input)
     if backend == "triton":
         return _triton_deform_conv(input, offset, mask, weight, bias, geo)
-    if backend == "auto" and _grid_sample_applies(input, mask, geo):
-        return _grid_sample_deform_conv(input, offset, weight, bias, geo)
     return _torch_deform_conv(input, offset, mask, weight, bias, geo)
 
 
