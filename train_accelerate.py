@@ -38,7 +38,7 @@ from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation
 from vistr.pipeline_vistr import VideoSegmenter
 from vistr.tools.backbone_pretraining import BoxClassifier, pretrain_backbone
 from vistr.tools.evaluation_youtube_vis import score_results
-from vistr.tools.outputs import Outputs, UsageError, finite_or_none, replace_folder
+from vistr.tools.outputs import Outputs, UsageError, finite_or_none, non_negative_int, replace_folder
 from vistr.tools.training_data import AugmentationOptions, TrainTransform, VisTRClipDataset, collate_fn
 from vistr.tools.youtube_vis import load_youtube_vis, read_json, split_by_video_id
 
@@ -63,13 +63,6 @@ MODEL_OPTIONS = (
     ("ffn_dim", int, "feed-forward width"),
     ("dropout", float, "transformer dropout"),
 )
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

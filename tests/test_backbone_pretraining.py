@@ -79,8 +79,7 @@ def test_the_trainer_runs_the_stage_first_then_trains_vistr_alone(synthetic_root
     assert logged is not None and torch.isfinite(torch.tensor(logged["loss"]))
 
 
-@pytest.mark.parametrize("steps", ["-1"])
-def test_negative_stage_length_is_refused(synthetic_root, tmp_path, steps):
-    arguments = train_arguments(synthetic_root, tmp_path / "run", "--backbone-pretraining-steps", steps)
+def test_negative_stage_length_is_refused(synthetic_root, tmp_path):
+    arguments = train_arguments(synthetic_root, tmp_path / "run", "--backbone-pretraining-steps", "-1")
     with pytest.raises(SystemExit):
         train_accelerate.main(arguments)

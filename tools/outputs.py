@@ -259,15 +259,24 @@ def atomic_path(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (
 # ------------------------------------------------------------------------------------------------- option values
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a whole number of at least 1 (a stride, a count, a side); 0 and negatives are refused."""
+def _whole_number(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1 (a stride, a count, a side); 0 and negatives are refused."""
+    return _whole_number(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number of at least 0 (a number of steps that may be none)."""
+    return _whole_number(text, 0)
 
 
 def _fraction(text: str, open_interval: bool) -> float:
@@ -329,4 +338,5 @@ def dumps_json(data: Any, what: str, fix: str) -> str:
 
 
 __all__ = ["OVERLAY_SUFFIXES", "NonFiniteError", "Outputs", "UsageError", "atomic_path", "dumps_json",
-           "finite_or_none", "first_non_finite", "open_probability", "positive_int", "probability", "replace_folder"]  # fmt: skip
+           "finite_or_none", "first_non_finite", "non_negative_int", "open_probability", "positive_int", "probability",
+           "replace_folder"]  # fmt: skip
