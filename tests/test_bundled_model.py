@@ -21,6 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 ASSETS = REPO_ROOT / "assets"
 BUNDLED = ASSETS / "vistr-tiny-synthetic"
 SAMPLE = ASSETS / "sample.mp4"
+SAMPLE_TRUTH = ASSETS / "sample_annotations.json"
 
 
 def card_metadata() -> dict:
@@ -61,6 +62,30 @@ def test_readme_first_command_segments_the_sample_video(tmp_path):
     assert len(overlay_frames) == length
     assert overlay_frames[0].size == next(iter_frames(SAMPLE)).size
     assert "instances with score >=" in completed.stdout and "results:" in completed.stdout
+    scored = subprocess.run(
+        [sys.executable, "-m", "vistr.tools.cli", "evaluate", "--annotations", str(SAMPLE_TRUTH),
+         "--results", str(output / "results.json")],
+        cwd=tmp_path, env=environment | {"PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    assert 0.0 <= json.loads(scored.stdout.strip().splitlines()[-1])["AP"] <= 1.0
+
+
+def test_sample_ground_truth_describes_the_written_video():
+    """The H.264 writer keeps even sides only: the ground truth must have the decoded video's size and masks."""
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    truth = json.loads(SAMPLE_TRUTH.read_text())
+    width, height = next(iter_frames(SAMPLE)).size
+    length = sum(1 for _ in iter_frames(SAMPLE))
+    assert [(video["width"], video["height"], video["length"]) for video in truth["videos"]] == [(width, height, length)]
+    for annotation in truth["annotations"]:
+        assert (annotation["width"], annotation["height"]) == (width, height)
+        for rle, area in zip(annotation["segmentations"], annotation["areas"]):
+            if rle is not None:
+                assert rle["size"] == [height, width]
+                assert area == int(np.asarray(mask_utils.decode(rle)).sum())
 
 
 @pytest.mark.slow
