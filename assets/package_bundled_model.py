@@ -2,9 +2,12 @@
 
     python assets/package_bundled_model.py RUN/checkpoints/step-00020000 --run RUN   # -> assets/vistr-tiny-synthetic
     python assets/package_bundled_model.py RUN/checkpoints/step-00020000 --evaluate-only
+    python assets/package_bundled_model.py CHECKPOINT --run RUN --inference-sizes 128x224 160x288 176x304
 
-Scores the model on a held-out synthetic split that training never saw (`vistr make-synthetic` with the
-default settings and another seed, scored by `vistr evaluate`'s evaluator), then writes the folder: float16
+With `--inference-sizes`, the processor's resize (shortest x longest edge) is first chosen among the candidates
+by AP on a tuning split (another seed, `TUNING_SEED`), never on the held-out one. Then the model is scored on
+a held-out synthetic split that training never saw (`vistr make-synthetic` with the default settings and
+another seed, scored by `vistr evaluate`'s evaluator), and the folder is written: float16
 weights (the config keeps float32 as the dtype to load in, so CPUs run it in float32), config, processor,
 code, a model card with the held-out metrics and the training command, and the run's loss curve.
 """
@@ -29,31 +32,59 @@ ASSETS = Path(__file__).resolve().parent
 BUNDLED = ASSETS / "vistr-tiny-synthetic"
 HELD_OUT_SEED = 2000
 HELD_OUT_VIDEOS = 100
+TUNING_SEED = 3000  # picks the inference size; never the held-out seed
 
 
 def held_out_split(seed: int, videos: int) -> str:
     return f"{videos} videos of `vistr make-synthetic OUT --videos {videos} --seed {seed}` (default settings, never trained on)"
 
 
-def evaluate_folder(folder: Path, seed: int = HELD_OUT_SEED, videos: int = HELD_OUT_VIDEOS) -> dict[str, float]:
-    """The 12 YouTube-VIS metrics of the model in `folder` on the held-out synthetic split."""
+def load_processor(folder: Path, size: tuple[int, int] | None = None):
+    """The folder's video processor, resizing to `size` = (shortest, longest edge) when given."""
     from transformers import AutoVideoProcessor
 
-    model = VisTRForVideoInstanceSegmentation.from_pretrained(folder, dtype=torch.float32).eval()
     processor = AutoVideoProcessor.from_pretrained(folder)
+    if size is not None:
+        processor.size = {"shortest_edge": size[0], "longest_edge": size[1]}
+    return processor
+
+
+def evaluate_folder(folder: Path, seed: int = HELD_OUT_SEED, videos: int = HELD_OUT_VIDEOS,
+                    size: tuple[int, int] | None = None) -> dict[str, float]:  # fmt: skip
+    """The 12 YouTube-VIS metrics of the model in `folder` on the synthetic split of `seed` (at `size`)."""
+    model = VisTRForVideoInstanceSegmentation.from_pretrained(folder, dtype=torch.float32).eval()
     with tempfile.TemporaryDirectory() as scratch:
         data = Path(scratch) / "heldout"
         make_synthetic(data, videos, seed, progress=False)
-        return run_split(model, processor, data / "annotations.json", data / "JPEGImages", Path(scratch) / "results.json",
-                         score=True, model_name=str(folder))  # fmt: skip
+        return run_split(model, load_processor(folder, size), data / "annotations.json", data / "JPEGImages",
+                         Path(scratch) / "results.json", score=True, model_name=str(folder))  # fmt: skip
 
 
-def package(source: Path, run: Path, output: Path, metrics: dict[str, float], seed: int, videos: int) -> None:
+def choose_inference_size(folder: Path, sizes: list[tuple[int, int]], videos: int) -> tuple[int, int]:
+    """The candidate size with the best AP on the tuning split (printed, one line per size)."""
+    scores = {}
+    for size in sizes:
+        scores[size] = evaluate_folder(folder, TUNING_SEED, videos, size)["AP"]
+        print(json.dumps({"tuning_seed": TUNING_SEED, "size": list(size), "AP": scores[size]}))
+    return max(sizes, key=scores.__getitem__)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'160x288' -> (160, 288): shortest and longest edge."""
+    try:
+        shortest, longest = (int(side) for side in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not SHORTESTxLONGEST, e.g. 160x288") from None
+    if not 0 < shortest <= longest:
+        raise argparse.ArgumentTypeError(f"{text!r}: need 0 < shortest <= longest")
+    return shortest, longest
+
+
+def package(source: Path, run: Path, output: Path, metrics: dict[str, float], seed: int, videos: int,
+            size: tuple[int, int] | None = None) -> None:  # fmt: skip
     """Write the bundled folder next to `output` and rename it into place (an existing one is replaced)."""
-    from transformers import AutoVideoProcessor
-
     model = VisTRForVideoInstanceSegmentation.from_pretrained(source, dtype=torch.float32).eval()
-    processor = AutoVideoProcessor.from_pretrained(source)
+    processor = load_processor(source, size)
     state = json.loads((source / STATE_FILE).read_text()) if (source / STATE_FILE).is_file() else {}
     staging = output.with_name(output.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
@@ -68,6 +99,9 @@ def package(source: Path, run: Path, output: Path, metrics: dict[str, float], se
     provenance = (f"Trained from scratch on this project's CPU machine: {command} VisTR trained for "
                   f"{state.get('step', '?')} optimizer steps ({wall}), on `vistr make-synthetic` data (default settings, "
                   "seed and size in the command). No pretrained weights.")  # fmt: skip
+    if size is not None:
+        provenance += (f" The processor resizes to shortest edge {size[0]}, longest {size[1]}: the best AP of the "
+                       f"candidate sizes on {held_out_split(TUNING_SEED, videos)}, a tuning split.")  # fmt: skip
     card = build_model_card(model.config, name=output.name, provenance=provenance, datasets=["synthetic-youtube-vis"],
                             metrics=metrics, metrics_split=held_out_split(seed, videos))  # fmt: skip
     save_model_card(staging, card)
@@ -85,12 +119,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=HELD_OUT_SEED)
     parser.add_argument("--videos", type=int, default=HELD_OUT_VIDEOS)
     parser.add_argument("--evaluate-only", action="store_true")
+    parser.add_argument("--inference-sizes", nargs="+", type=parse_size, metavar="SHORTESTxLONGEST",
+                        help="candidate processor sizes, chosen by AP on the tuning split (default: the source's)")  # fmt: skip
     args = parser.parse_args()
     start = time.perf_counter()
-    metrics = evaluate_folder(args.source, args.seed, args.videos)
-    print(json.dumps({"source": str(args.source), "seconds": round(time.perf_counter() - start, 1), **metrics}))
+    size = choose_inference_size(args.source, args.inference_sizes, args.videos) if args.inference_sizes else None
+    metrics = evaluate_folder(args.source, args.seed, args.videos, size)
+    print(json.dumps({"source": str(args.source), "size": size, "seconds": round(time.perf_counter() - start, 1),
+                      **metrics}))  # fmt: skip
     if not args.evaluate_only:
-        package(args.source, args.run or args.source.parent.parent, args.output, metrics, args.seed, args.videos)
+        package(args.source, args.run or args.source.parent.parent, args.output, metrics, args.seed, args.videos, size)
         print(f"wrote {args.output}")
 
 
