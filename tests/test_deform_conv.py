@@ -412,10 +412,11 @@ def test_grid_sample_chunking_is_exact(grid_sample_backend, monkeypatch):
     monkeypatch.setattr(dc, "_COLUMN_BUDGET_BYTES", 1)  # one sample per chunk
     actual = _run(grid_sample_backend, case, _inputs(case, torch.float64, seed=5), None)
     assert batches == [1] * case.n
-    for name in ("output", "grad_input", "grad_offset"):  # per sample: the same arithmetic
-        assert torch.equal(actual[name], expected[name]), name
-    for name in ("grad_weight", "grad_bias"):  # sums over the batch, in another order
-        torch.testing.assert_close(actual[name], expected[name], rtol=1e-13, atol=1e-13)
+    # Per sample the same arithmetic, but not always bit for bit: a BLAS may block a batched product differently
+    # for another batch size (on an AMD EPYC the outputs differed in the last bits); the weight and bias
+    # gradients are sums over the batch, in another order.
+    for name in ("output", "grad_input", "grad_offset", "grad_weight", "grad_bias"):
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-13, atol=1e-13, msg=name)
 
 
 def test_grid_sample_channels_last_and_non_contiguous_inputs(grid_sample_backend):
