@@ -256,7 +256,8 @@ def latest_checkpoint(output_dir: Path) -> Path:
 
 
 def plot_loss_curve(history: list[dict], path: Path, size: tuple[int, int] = (800, 400)) -> None:
-    """Training loss against step as a PNG (PIL only), so a run can be judged at a glance."""
+    """Training loss against step as a PNG (PIL only), so a run can be judged at a glance: every step's loss
+    (light) and their running mean over a fiftieth of the run (dark)."""
     width, height = size
     margin = 50
     image = Image.new("RGB", size, "white")
@@ -273,7 +274,11 @@ def plot_loss_curve(history: list[dict], path: Path, size: tuple[int, int] = (80
             y = height - margin - (loss - low) / span * (height - 1.5 * margin)
             return x, y
 
-        draw.line([to_pixel(*point) for point in points], fill=(31, 119, 180), width=2)
+        draw.line([to_pixel(*point) for point in points], fill=(174, 199, 232), width=1)
+        window = max(1, len(points) // 50)  # per-step losses are noisy: the trend is their running mean
+        trend = [(steps[i], sum(losses[max(0, i - window + 1) : i + 1]) / (i + 1 - max(0, i - window + 1)))
+                 for i in range(len(points))]  # fmt: skip
+        draw.line([to_pixel(*point) for point in trend], fill=(31, 119, 180), width=2)
         draw.text((5, margin // 2), f"{high:.3g}", fill="black")
         draw.text((5, height - margin - 10), f"{low:.3g}", fill="black")
         draw.text((margin, height - margin + 5), f"step {steps[0]}", fill="black")
@@ -443,9 +448,9 @@ class Run:
     def _provenance(self) -> str:
         command = "accelerate launch train_accelerate.py " + shlex.join(sys.argv[1:])
         annotation_file = self.args.annotations or Path(self.args.data_root) / "annotations.json"
-        lines = [f"Trained with `{command}` for {self.step} optimizer steps ({self.epoch} epochs) on "
-                 f"`{annotation_file}` (SHA-256 `{file_sha256(annotation_file)}`), "
-                 f"{len(self.clips)} training clips from {self.clips.num_videos} videos."]
+        lines = [(f"Trained with `{command}` for {self.step} optimizer steps ({self.epoch} epochs) on "
+                  f"`{annotation_file}` (SHA-256 `{file_sha256(annotation_file)}`), "
+                  f"{len(self.clips)} training clips from {self.clips.num_videos} videos.")]
         if self.args.init_from:
             source = Path(self.args.init_from)
             digest = f" (SHA-256 `{file_sha256(source)}`)" if source.is_file() else ""
