@@ -17,13 +17,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from vistr.tools.outputs import Outputs, dumps_json
 from vistr.tools.video_writer import encode_video
-from vistr.tools.youtube_vis import (
-    SyntheticVideo,
-    compress_rle,
-    rle_areas,
-    synthetic_annotations,
-    synthetic_videos,
-)
+from vistr.tools.youtube_vis import SyntheticVideo, synthetic_annotations, synthetic_videos, track_fields
 
 SEED = 5181
 FPS = 10.0
@@ -36,19 +30,9 @@ def even_sides(video: dict) -> tuple[int, int]:
 
 def crop_annotation(annotation: dict, height: int, width: int) -> dict:
     """The annotation with every frame's mask cropped to the top-left height x width (areas and boxes redone)."""
-    segmentations, areas, boxes = [], [], []
-    for rle in annotation["segmentations"]:
-        if rle is None:
-            segmentations.append(None), areas.append(None), boxes.append(None)
-            continue
-        mask = mask_utils.decode(rle)[:height, :width]
-        cropped = mask_utils.encode(np.asfortranarray(mask))
-        area = int(rle_areas([cropped])[0])
-        segmentations.append(compress_rle(cropped) if area else None)
-        areas.append(area if area else None)
-        boxes.append(mask_utils.toBbox(cropped).tolist() if area else None)
-    return {**annotation, "segmentations": segmentations, "areas": areas, "bboxes": boxes,
-            "height": height, "width": width}  # fmt: skip
+    empty = np.zeros((annotation["height"], annotation["width"]), dtype=np.uint8)
+    masks = np.stack([empty if rle is None else mask_utils.decode(rle) for rle in annotation["segmentations"]])
+    return {**annotation, **track_fields(masks[:, :height, :width]), "height": height, "width": width}
 
 
 def even_sample(synthetic: SyntheticVideo, truth: dict) -> tuple[np.ndarray, dict]:

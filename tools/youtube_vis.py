@@ -535,23 +535,31 @@ def _draw(
     return masks, frames
 
 
+def track_fields(instance_masks: np.ndarray) -> dict[str, list]:
+    """An instance's per-frame `segmentations`, `areas` and `bboxes` from its masks [T, H, W] (None where empty)."""
+    rles = mask_utils.encode(np.asfortranarray(instance_masks.transpose(1, 2, 0).astype(np.uint8)))
+    areas = rle_areas(rles).tolist()
+    boxes = mask_utils.toBbox(rles).tolist()
+    return {
+        "segmentations": [compress_rle(rle) if area else None for rle, area in zip(rles, areas)],
+        "areas": [area if area else None for area in areas],
+        "bboxes": [box if area else None for box, area in zip(boxes, areas)],
+    }
+
+
 def _annotation_records(masks: np.ndarray, tracks: list[_Track], video: dict, first_id: int) -> list[dict]:
     """YouTube-VIS annotation records for the instances visible in at least one frame."""
     records = []
     for instance_masks, track in zip(masks, tracks):
-        rles = mask_utils.encode(np.asfortranarray(instance_masks.transpose(1, 2, 0).astype(np.uint8)))
-        areas = rle_areas(rles).tolist()
-        if not any(areas):
+        fields = track_fields(instance_masks)
+        if not any(fields["areas"]):
             continue
-        boxes = mask_utils.toBbox(rles).tolist()
         records.append(
             {
                 "id": first_id + len(records),
                 "video_id": video["id"],
                 "category_id": track.category + 1,
-                "segmentations": [compress_rle(rle) if area else None for rle, area in zip(rles, areas)],
-                "areas": [area if area else None for area in areas],
-                "bboxes": [box if area else None for box, area in zip(boxes, areas)],
+                **fields,
                 "iscrowd": 0,
                 "width": video["width"],
                 "height": video["height"],
