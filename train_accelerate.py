@@ -402,7 +402,7 @@ class Run:
         self.clips.set_epoch(self.epoch)
         self.loader.set_epoch(self.epoch)
         loader = self.accelerator.skip_first_batches(self.loader, skip_batches) if skip_batches else self.loader
-        progress = tqdm(loader, desc=f"epoch {self.epoch}", unit="clip", disable=not self.accelerator.is_local_main_process)
+        progress = tqdm(loader, desc=f"epoch {self.epoch}", unit="batch", disable=not self.accelerator.is_local_main_process)
         for batch in progress:
             logged = self.train_step(batch)
             if logged is None:
