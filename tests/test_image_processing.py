@@ -38,6 +38,18 @@ def test_fast_resize_backend_is_close_but_not_the_default(parity_inputs):
     assert 1e-6 < difference.max() < 0.1 and difference.mean() < 5e-3
 
 
+def assert_same_results(results: list[dict], expected: list[dict]) -> None:
+    """Every field identical except the score, which may differ in its last bits: the mean over frames is a
+    float64 reduction whose summation order follows the CPU's vector width (CI's CPU differed in the last digit).
+    The RLEs must be identical: no float64 mask logit lies within rounding of the threshold (../shared/parity)."""
+    assert len(results) == len(expected)
+    for index, (result, reference) in enumerate(zip(results, expected)):
+        assert result.keys() == reference.keys(), f"instance {index}: keys"
+        for key in ("video_id", "category_id", "segmentations"):
+            assert result[key] == reference[key], f"instance {index}: {key} differs"
+        assert result["score"] == pytest.approx(reference["score"], rel=1e-12, abs=1e-15), f"instance {index}: score"
+
+
 def test_post_processing_reproduces_the_original_results_json(parity_dir, reference_fp64):
     reference = reference_fp64["unpadded"]
     processor = VisTRVideoProcessor(num_queries_per_frame=10)
@@ -46,7 +58,7 @@ def test_post_processing_reproduces_the_original_results_json(parity_dir, refere
     )
     results = processor.to_youtube_vis_results(processed, video_ids=[1])
     expected = json.loads((parity_dir / "postprocess.json").read_text())
-    assert results == expected
+    assert_same_results(results, expected)
     first = processed[0][0]
     assert first["masks"].shape == (4, 200, 250) and first["masks"].dtype == torch.bool
     frame_scores = torch.tensor([i["frame_scores"] for i in processed[0]], dtype=torch.float64).T
