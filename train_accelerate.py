@@ -225,12 +225,13 @@ def evaluate_model(model, processor: VisTRVideoProcessor, rows, annotations: Map
 
 
 def save_checkpoint(
-    accelerator: Accelerator, output_dir: Path, step: int, epoch: int, history: list[dict], config, processor
+    accelerator: Accelerator, output_dir: Path, step: int, epoch: int, history: list[dict], model, processor
 ) -> None:
     """`accelerator.save_state` into a temporary folder, renamed into place once complete.
 
-    With the model's config and processor beside the weights, a checkpoint folder also loads as a model
-    (`from_pretrained`, `vistr segment --model`), to evaluate or package a run while it trains."""
+    The folder is also a complete model folder (config, processor and the code for `trust_remote_code`, as
+    `save_model_folder` writes it), to evaluate, package or share a run while it trains. That rewrites the
+    weights file `save_state` wrote with the same tensors, which `load_state` reads back when resuming."""
     final = output_dir / "checkpoints" / f"step-{step:08d}"
     staging = final.with_name(final.name + ".tmp")  # one name every process agrees on (save_state writes from all)
     if accelerator.is_main_process and staging.exists():
@@ -240,8 +241,7 @@ def save_checkpoint(
     if accelerator.is_main_process:
         state = finite_or_none({"step": step, "epoch": epoch, "history": history})  # a diverged loss is kept as null
         (staging / STATE_FILE).write_text(json.dumps(state, allow_nan=False))
-        config.save_pretrained(staging)
-        processor.save_pretrained(staging)
+        save_model_folder(accelerator.unwrap_model(model), staging, processor)
         replace_folder(staging, final)  # the same step saved again replaces the old copy only once complete
     accelerator.wait_for_everyone()
 
@@ -412,7 +412,7 @@ class Run:
             if self.step % self.args.logging_steps == 0:
                 self.accelerator.log(logged | {"lr": self.scheduler.get_last_lr()[0]}, step=self.step)
             if self.step % self.args.checkpointing_steps == 0:
-                save_checkpoint(self.accelerator, self.output_dir, self.step, self.epoch, self.history, self.config,
+                save_checkpoint(self.accelerator, self.output_dir, self.step, self.epoch, self.history, self.model,
                                 self.processor)
             if self.finished():
                 return
@@ -490,7 +490,7 @@ def train(args: argparse.Namespace) -> Path:
             metrics = run.evaluate()
     if metrics is None:
         metrics = run.evaluate()
-    save_checkpoint(accelerator, run.output_dir, run.step, run.epoch, run.history, run.config, run.processor)
+    save_checkpoint(accelerator, run.output_dir, run.step, run.epoch, run.history, run.model, run.processor)
     folder = run.save_final(metrics)
     if accelerator.is_main_process and args.push_to_hub:
         logger.info(f"uploaded: {push_to_hub(folder, args.push_to_hub)}")
