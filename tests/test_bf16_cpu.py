@@ -52,11 +52,6 @@ def bundled():
     return model, copy.deepcopy(model).to(torch.bfloat16), VisTRVideoProcessor.from_pretrained(BUNDLED)
 
 
-def slot_scores(logits: torch.Tensor, frames: int) -> torch.Tensor:
-    """Per slot, the mean over frames of its best real-class probability (the instance score)."""
-    return logits.float().softmax(-1)[:, :-1].max(-1).values.view(frames, -1).mean(0)
-
-
 def assert_same_slots(reference, computed, frames: int) -> None:
     """One clip's bf16 outputs against float32: every slot with a mask, labels equal, and mask IoU >= 0.98 for
     every slot that float32 scores at least PIPELINE_DEFAULTS' threshold (the instances `vistr segment` reports).
@@ -69,7 +64,8 @@ def assert_same_slots(reference, computed, frames: int) -> None:
     masks_b, labels_b = slot_masks_and_labels(computed.logits[0], computed.pred_masks[0], frames)
     assert masks_a.any(1).all()  # every slot has a mask: the IoU is not that of two empty masks
     assert torch.equal(labels_a, labels_b)
-    reported = slot_scores(reference.logits[0], frames) >= PIPELINE_DEFAULTS["threshold"]
+    frame_scores, _ = VisTRVideoProcessor.frame_class_scores(reference.logits[0].float(), frames)
+    reported = frame_scores.mean(0) >= PIPELINE_DEFAULTS["threshold"]  # the instance score, as post-processing's
     assert reported.any()
     assert mask_iou(masks_a, masks_b)[reported].min() >= MIN_IOU
 
