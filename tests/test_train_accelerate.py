@@ -12,6 +12,7 @@ from test_model_card import local_hub  # noqa: F401  (fixture: a local stand-in 
 from transformers import AutoModelForInstanceSegmentation
 from vistr import train_accelerate
 from vistr.convert_checkpoint import initialization_state_dict, load_original_checkpoint
+from vistr.loss_vistr import LossSettings
 from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation
 from vistr.tools.youtube_vis import SyntheticOptions, make_synthetic
 
@@ -55,6 +56,18 @@ def test_training_writes_a_loadable_model_with_card_curve_and_checkpoint(synthet
     state = json.loads((checkpoint / train_accelerate.STATE_FILE).read_text())
     assert state["step"] == 3 and len(state["history"]) == 3
     assert all(torch.isfinite(torch.tensor(entry["loss"])) for entry in state["history"])
+
+
+@pytest.mark.parametrize("extra, mask_weight, dice_weight", [
+    ([], 1.0, 1.0),  # the original's weights unless asked
+    (["--mask-loss-coefficient", "2.5", "--dice-loss-coefficient", "4"], 2.5, 4.0),
+])
+def test_mask_loss_weights_reach_the_criterion(synthetic_root, tmp_path, extra, mask_weight, dice_weight):
+    args = train_accelerate.build_parser().parse_args(train_arguments(synthetic_root, tmp_path, *extra))
+    config = train_accelerate.model_config(args, {1: "disc", 2: "ring"})
+    weights = LossSettings.from_config(config).weight_dict(auxiliary_layers=1)
+    assert (weights["loss_mask"], weights["loss_dice"]) == (mask_weight, dice_weight)
+    assert (weights["loss_bbox"], weights["loss_giou"]) == (5.0, 2.0)  # the other weights stay the original's
 
 
 def test_resuming_continues_exactly_like_an_uninterrupted_run(synthetic_root, tmp_path):
