@@ -63,6 +63,8 @@ MODEL_OPTIONS = (
     ("decoder_layers", int, "transformer decoder layers"),
     ("ffn_dim", int, "feed-forward width"),
     ("dropout", float, "transformer dropout"),
+    ("mask_head_width", int, "width the mask head narrows from (/2 ... /16 channels; default d_model)"),
+    ("instance_head_channels", int, "width of the 3-D instance head"),
     ("mask_loss_coefficient", float, "weight of the mask focal loss (raise it to favour sharper masks)"),
     ("dice_loss_coefficient", float, "weight of the mask dice loss"),
 )

@@ -45,6 +45,8 @@ def test_round_trip_through_auto_config(tmp_path):
         ({"backbone_frozen_stages": 5}, "backbone_frozen_stages=5"),
         ({"backbone_frozen_stages": -2}, "backbone_frozen_stages=-2"),
         ({"instance_head_channels": 10}, "instance_head_groups"),
+        ({"mask_head_width": 200}, "mask_head_width=200 must be a positive multiple of 16"),
+        ({"mask_head_width": 0}, "mask_head_width=0"),
         ({"num_frames": 0}, "num_frames=0"),
         ({"backbone": "vit_base"}, "not a ResNet"),
         ({"activation_function": "swish"}, "'relu' or 'gelu'"),

@@ -111,6 +111,20 @@ def test_mask_head_groups_follow_the_width(d_model, heads, expected_groups):
     assert [n.num_groups for n in norms] == expected_groups
 
 
+@pytest.mark.parametrize("mask_head_width", [192, 384])
+def test_a_wider_mask_head_than_the_transformer_is_built_and_trained(mask_head_width):
+    """`mask_head_width` sets the mask head's stages (width/2 ... width/16) and the 3-D head's input; the
+    transformer keeps d_model, and every weight of the wider model still receives a gradient."""
+    config = small_config(backbone_norm="batch_norm", backbone_frozen_stages=-1, mask_head_width=mask_head_width)
+    model = VisTRForVideoInstanceSegmentation(config)
+    head = model.mask_head
+    assert [n.num_channels for n in (head.gn1, head.gn2, head.gn3, head.gn4, head.gn5)] == [
+        96 + 8, mask_head_width // 2, mask_head_width // 4, mask_head_width // 8, mask_head_width // 16]
+    assert model.instance_head.conv1.in_channels == mask_head_width // 16
+    assert model.class_labels_classifier.in_features == 96
+    assert parameters_without_gradient(model) == []
+
+
 def test_training_computes_the_masks_of_matched_slots_only_with_the_same_loss_and_gradients():
     """Loss and every gradient equal the full mask computation's (float64), while fewer slots run the mask head."""
     config = small_config(backbone_norm="group_norm", backbone_frozen_stages=-1, num_queries_per_frame=4, dropout=0.0)

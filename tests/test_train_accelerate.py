@@ -70,6 +70,18 @@ def test_mask_loss_weights_reach_the_criterion(synthetic_root, tmp_path, extra, 
     assert (weights["loss_bbox"], weights["loss_giou"]) == (5.0, 2.0)  # the other weights stay the original's
 
 
+@pytest.mark.parametrize("extra, mask_head_width, mask_channels, instance_channels", [
+    ([], None, 24, 12),  # d_model (384) / 16 and the original's 12 unless asked
+    (["--mask-head-width", "192", "--instance-head-channels", "16"], 192, 12, 16),
+])
+def test_mask_head_widths_reach_the_model(synthetic_root, tmp_path, extra, mask_head_width, mask_channels,
+                                          instance_channels):
+    args = train_accelerate.build_parser().parse_args(train_arguments(synthetic_root, tmp_path, *extra))
+    config = train_accelerate.model_config(args, {1: "disc", 2: "ring"})
+    assert (config.mask_head_width, config.mask_head_channels, config.instance_head_channels) == (
+        mask_head_width, mask_channels, instance_channels)
+
+
 def test_resuming_continues_exactly_like_an_uninterrupted_run(synthetic_root, tmp_path):
     def run(output_dir, *extra):
         arguments = train_arguments(synthetic_root, output_dir, "--checkpointing-steps", "2", *extra)
