@@ -186,7 +186,9 @@ class VisTRConfig(PreTrainedConfig):
                 f"backbone_frozen_stages={self.backbone_frozen_stages} must be between -1 (train everything) and 4"
             )
         if self.mask_head_width is not None and (self.mask_head_width <= 0 or self.mask_head_width % 16):
-            problems.append(f"mask_head_width={self.mask_head_width} must be a positive multiple of 16 (or None: d_model)")
+            problems.append(
+                f"mask_head_width={self.mask_head_width} must be a positive multiple of 16 (or None: d_model)"
+            )
         if self.instance_head_groups <= 0 or self.instance_head_channels % self.instance_head_groups:
             problems.append(
                 f"instance_head_channels={self.instance_head_channels} is not divisible by "

@@ -733,7 +733,8 @@ class VisTRMaskHeadSmallConv(nn.Module):
 
 
 class VisTRInstanceHead(nn.Module):
-    """3-D conv head over time for one instance sequence: [N, mask_head_channels, T, H, W] -> mask logits [N, 1, T, H, W].
+    """3-D conv head over time for one instance sequence:
+    [N, mask_head_channels, T, H, W] -> mask logits [N, 1, T, H, W].
 
     Group norms normalize over channels and all frames of the instance.
     """
