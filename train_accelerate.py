@@ -22,6 +22,7 @@ import shlex
 import shutil
 import sys
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -38,6 +39,7 @@ from vistr.model_card import build_model_card, file_sha256, push_to_hub, save_mo
 from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation
 from vistr.pipeline_vistr import VideoSegmenter
 from vistr.tools.backbone_pretraining import BoxClassifier, pretrain_backbone
+from vistr.tools.cli import debug_requested, run_reporting_errors
 from vistr.tools.evaluation_youtube_vis import score_results
 from vistr.tools.outputs import Outputs, UsageError, finite_or_none, non_negative_int, replace_folder
 from vistr.tools.training_data import AugmentationOptions, TrainTransform, VisTRClipDataset, collate_fn
@@ -119,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--logging-steps", type=int, default=10)
     run.add_argument("--report-to", default="tensorboard", help="accelerate tracker, or 'none'")
     run.add_argument("--push-to-hub", metavar="REPO", help="upload the final model folder to this Hub repo")
+    run.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -126,7 +129,19 @@ def model_config(args: argparse.Namespace, category_names: Mapping[int, str]) ->
     """Classes are the data's category ids used as indices (0 unused unless a category has id 0)."""
     id2label = {index: category_names.get(index, "N/A") for index in range(max(category_names) + 1)}
     fields = {name: getattr(args, name) for name, _, _ in MODEL_OPTIONS}
-    return VisTRConfig(**fields, pre_norm=args.pre_norm, dilation=args.dilation, id2label=id2label)
+    try:
+        return VisTRConfig(**fields, pre_norm=args.pre_norm, dilation=args.dilation, id2label=id2label)
+    except ValueError as error:  # the config lists its problems one per line, in its field names
+        raise UsageError(f"the model options do not build a VisTR model: {as_options(error)}") from None
+
+
+def as_options(error: ValueError) -> str:
+    """A config's multi-line problem list as one line, each `field=value` written as the option `--field value`."""
+    problems = [line.removeprefix("- ") for line in str(error).splitlines()[1:]] or [str(error)]
+    message = "; ".join(problems)
+    for name, _, _ in MODEL_OPTIONS:
+        message = message.replace(f"{name}=", f"--{name.replace('_', '-')} ")
+    return message
 
 
 def initialize_no_object_prior(model: VisTRForVideoInstanceSegmentation, object_fraction: float) -> None:
@@ -503,12 +518,12 @@ def train(args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        train(args)
-    except UsageError as error:  # an unusable --output-dir, found before any work
-        parser.exit(2, f"error: {error}\n")
+    """Train; bad input (an unusable --output-dir, a missing dataset, model options the config rejects) ends
+    in one `error: ...` line, as in the `vistr` commands; `--debug` or VISTR_DEBUG=1 shows the traceback."""
+    args = build_parser().parse_args(argv)
+    checkpoints = Path(args.output_dir) / "checkpoints"
+    interrupted = f"the checkpoints saved so far are in {checkpoints} (continue with --resume-from-checkpoint)"
+    run_reporting_errors(partial(train, args), debug_requested(args), interrupted)
 
 
 if __name__ == "__main__":

@@ -70,8 +70,13 @@ CASES = [  # (command line, piece of the message, exit code)
 
 def vistr(capsys, *args: str) -> tuple[int, str]:
     """(exit code, the error message) of `vistr ARGS`, run in this process; progress bars before it are dropped."""
+    return failed_command(capsys, vistr_cli.main, *args)
+
+
+def failed_command(capsys, main, *args: str) -> tuple[int, str]:
+    """(exit code, the error message) of a command's `main(ARGS)` that must fail without a traceback."""
     with pytest.raises(SystemExit) as exit_info:
-        vistr_cli.main(list(args))
+        main(list(args))
     code, printed = exit_info.value.code, capsys.readouterr().err
     assert "Traceback" not in printed, printed
     return (1, code) if isinstance(code, str) else (code, printed.strip().splitlines()[-1])

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from test_bad_inputs_writers import assert_one_line_error, failed_command
 from test_model_card import local_hub  # noqa: F401  (fixture: a local stand-in for the Hub API)
 from transformers import AutoModelForInstanceSegmentation
 from vistr import train_accelerate
@@ -80,6 +82,35 @@ def test_mask_head_widths_reach_the_model(synthetic_root, tmp_path, extra, mask_
     config = train_accelerate.model_config(args, {1: "disc", 2: "ring"})
     assert (config.mask_head_width, config.mask_head_channels, config.instance_head_channels) == (
         mask_head_width, mask_channels, instance_channels)
+
+
+@pytest.mark.parametrize("extra, piece, exit_code", [
+    (["--mask-head-width", "200"], "--mask-head-width 200 must be a positive multiple of 16", 2),
+    (["--data-root", "missing-folder"], "missing-folder", 1),
+])  # fmt: skip
+def test_bad_training_input_ends_in_one_line(synthetic_root, tmp_path, capsys, extra, piece, exit_code):
+    extra = [str(tmp_path / a) if a == "missing-folder" else a for a in extra]
+    arguments = train_arguments(synthetic_root, tmp_path / "run", *extra)
+    code, message = failed_command(capsys, train_accelerate.main, *arguments)
+    assert_one_line_error(message, piece)
+    assert code == exit_code and not (tmp_path / "run").exists()
+
+
+def test_an_output_folder_over_the_data_ends_in_one_line(synthetic_root, tmp_path, capsys):
+    data = shutil.copytree(synthetic_root, tmp_path / "model")  # what --output-dir TMP would write its model into
+    code, message = failed_command(capsys, train_accelerate.main, *train_arguments(data, tmp_path))
+    assert_one_line_error(message, "is the input")
+    assert code == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_an_interrupted_training_names_its_checkpoints(synthetic_root, tmp_path, capsys, monkeypatch):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_accelerate, "train", interrupted)
+    code, message = failed_command(capsys, train_accelerate.main, *train_arguments(synthetic_root, tmp_path / "run"))
+    assert code == 130
+    assert_one_line_error(message, f"checkpoints saved so far are in {tmp_path / 'run' / 'checkpoints'}")
 
 
 def test_resuming_continues_exactly_like_an_uninterrupted_run(synthetic_root, tmp_path):

@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from contextlib import contextmanager
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
@@ -389,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+INTERRUPTED = "no output was replaced (outputs are written only when a command completes)"
+
+
 def _one_line(error: BaseException) -> str:
     """The message of an error the user can act on; an unexpected one is named as such."""
     if isinstance(error, OSError) and error.strerror:
@@ -399,18 +403,21 @@ def _one_line(error: BaseException) -> str:
     return f"unexpected {type(error).__name__}: {first_line} (rerun with --debug for the traceback, and please report it)"
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run a `vistr` command. User errors end in one `error: ...` line on stderr and exit code 2 (bad options,
-    unusable output paths) or 1 (anything else); `--debug` or VISTR_DEBUG=1 shows the traceback instead."""
-    args = build_parser().parse_args(argv)
-    debug = args.debug or os.environ.get("VISTR_DEBUG", "") not in ("", "0")
+def debug_requested(args: argparse.Namespace) -> bool:
+    """`--debug` on the command line, or VISTR_DEBUG set to anything but 0."""
+    return getattr(args, "debug", False) or os.environ.get("VISTR_DEBUG", "") not in ("", "0")
+
+
+def run_reporting_errors(action: Callable[[], object], debug: bool, interrupted: str = INTERRUPTED) -> None:
+    """Run a command's work so that user errors end in one `error: ...` line on stderr and exit code 2 (bad
+    options, unusable output paths) or 1 (anything else), never a traceback; `debug` shows the traceback too.
+    Shared by `vistr` and `train_accelerate.py`, so every command a user runs fails the same way."""
     try:
-        args.handler(args)
+        action()
     except KeyboardInterrupt:
         if debug:
             raise
-        print("error: interrupted; no output was replaced (outputs are written only when a command completes)",
-              file=sys.stderr)  # fmt: skip
+        print(f"error: interrupted; {interrupted}", file=sys.stderr)
         sys.exit(130)
     except Exception as error:
         if debug:
@@ -419,6 +426,13 @@ def main(argv: list[str] | None = None) -> None:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
         sys.exit(f"error: {_one_line(error)}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run a `vistr` command (errors as `run_reporting_errors` reports them; `--debug` or VISTR_DEBUG=1 shows
+    the traceback)."""
+    args = build_parser().parse_args(argv)
+    run_reporting_errors(partial(args.handler, args), debug_requested(args))
 
 
 if __name__ == "__main__":
