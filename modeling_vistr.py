@@ -231,13 +231,15 @@ class VisTRConvBackbone(nn.Module):
             if name.startswith(frozen):
                 parameter.requires_grad_(False)
         # speed (frozen_batch_norm.py): each frozen norm folded into the convolution before it, same weights
-        folded = config.backbone_norm == "frozen_batch_norm" and fold_frozen_batch_norms(self.model) > 0
-        # a folded backbone is convolutions and ReLUs, which oneDNN runs fastest channels-last (NHWC) on CPU;
-        # trained norms keep timm's layout
-        self.channels_last_on_cpu = folded
+        if config.backbone_norm == "frozen_batch_norm":
+            fold_frozen_batch_norms(self.model)
+        # oneDNN runs convolutions, norms and pooling fastest channels-last (NHWC) on CPU, with the same values:
+        # a training step with trained norms takes 9-11 % less (benchmarks/bench_train_step.py), and the max
+        # pool alone 3-5x less. A switch, so the benchmark can time the channels-first layout it replaced.
+        self.channels_last_on_cpu = True
 
     def forward(self, frames: torch.Tensor) -> list[torch.Tensor]:
-        """frames [N, 3, H, W] -> the four stages' feature maps (channels-last on CPU when folded: same values)."""
+        """frames [N, 3, H, W] -> the four stages' feature maps (channels-last on CPU: same values)."""
         if self.channels_last_on_cpu and frames.device.type == "cpu":
             frames = frames.contiguous(memory_format=torch.channels_last)
         return list(self.model(frames))

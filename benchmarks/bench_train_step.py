@@ -9,7 +9,9 @@ other processes hits them alike (medians of --repeats steps each, after one warm
 - `grid-sample DCN`: the grid-sample CPU path (`deform_conv._grid_sample_deform_conv`), every slot;
 - `+ matched slots only`: today's default: the mask branch runs for the slots the loss matched;
 - `+ bf16 autocast`: the same under `torch.autocast("cpu", torch.bfloat16)`, what `--mixed-precision bf16`
-  does on a CPU (AMX where the CPU has it).
+  does on a CPU (AMX where the CPU has it);
+- `+ channels-last backbone`: today's default layout (the variants above run the backbone channels-first,
+  timm's layout, as trained-norm backbones did before); once in float32 and once under bf16 autocast.
 
 The loss of the first step is printed for each variant (same weights and batch), so bf16's effect on
 the loss shows next to its speed.
@@ -65,8 +67,10 @@ def training_batch(config: VisTRConfig, batch: int, height: int, width: int) -> 
 
 
 class Variant:
-    def __init__(self, name: str, model, dcn_backend: str | None, autocast: bool, every_slot: bool):
+    def __init__(self, name: str, model, dcn_backend: str | None, autocast: bool, every_slot: bool,
+                 channels_last: bool = False):
         self.name, self.model, self.dcn_backend, self.autocast = name, model, dcn_backend, autocast
+        model.vistr.backbone.channels_last_on_cpu = channels_last
         if every_slot:  # the loss gets every slot's masks, as before
             model._matched_masks = lambda outputs, indices: model._predict_masks(outputs)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -113,6 +117,8 @@ def main() -> None:
         Variant("grid-sample DCN", copy.deepcopy(base), None, False, True),
         Variant("+ matched slots only (default)", copy.deepcopy(base), None, False, False),
         Variant("+ bf16 autocast", copy.deepcopy(base), None, True, False),
+        Variant("+ channels-last backbone (default), float32", copy.deepcopy(base), None, False, False, True),
+        Variant("+ channels-last backbone (default), bf16 autocast", copy.deepcopy(base), None, True, False, True),
     ]
     pixel_values, labels = training_batch(config, args.batch, args.height, args.width)
     for variant in variants:  # warm-up, and the first-step loss of identical weights

@@ -106,7 +106,26 @@ def test_only_frozen_norms_are_folded(norm):
     backbone = mv.VisTRConvBackbone(VisTRConfig(backbone="resnet18", backbone_norm=norm))
     folds = sum(isinstance(module, FrozenBatchNormConv2d) for module in backbone.modules())
     assert folds == (20 if norm == "frozen_batch_norm" else 0)
-    assert backbone.channels_last_on_cpu == (norm == "frozen_batch_norm")
+
+
+@pytest.mark.parametrize("norm", ["batch_norm", "group_norm"])
+def test_trained_norm_backbones_run_channels_last_with_the_same_values_and_gradients(norm):
+    config = VisTRConfig(backbone="resnet10t", backbone_norm=norm, backbone_frozen_stages=-1)
+    channels_last = mv.VisTRConvBackbone(config).double().train()
+    channels_first = copy.deepcopy(channels_last)
+    channels_first.channels_last_on_cpu = False  # timm's own layout: the reference
+    frames = torch.randn(2, 3, 64, 96, dtype=torch.float64)
+    levels, grads = [], []
+    for backbone in (channels_last, channels_first):
+        levels.append(backbone(frames))
+        sum(level.square().mean() for level in levels[-1]).backward()
+        grads.append({n: p.grad for n, p in backbone.named_parameters()})
+    assert all(level.is_contiguous(memory_format=torch.channels_last) for level in levels[0])
+    for a, b in zip(*levels, strict=True):
+        _close(a.detach(), b.detach())
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        _close(grads[0][name], grads[1][name])
 
 
 class _ConvReadTwice(nn.Module):
