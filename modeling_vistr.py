@@ -234,8 +234,8 @@ class VisTRConvBackbone(nn.Module):
         if config.backbone_norm == "frozen_batch_norm":
             fold_frozen_batch_norms(self.model)
         # oneDNN runs convolutions, norms and pooling fastest channels-last (NHWC) on CPU, with the same values:
-        # a training step with trained norms takes 9-11 % less (benchmarks/bench_train_step.py), and the max
-        # pool alone 3-5x less. A switch, so the benchmark can time the channels-first layout it replaced.
+        # a training step with trained norms takes 4-12 % less (benchmarks/bench_train_step.py), and the max
+        # pool alone 4-5x less. A switch, so the benchmark can time the channels-first layout it replaced.
         self.channels_last_on_cpu = True
 
     def forward(self, frames: torch.Tensor) -> list[torch.Tensor]:
