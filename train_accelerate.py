@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
         model.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(VisTRConfig, name), help=help_text)
     model.add_argument("--pre-norm", action="store_true", help="pre-norm transformer layers (steadier from scratch)")
     model.add_argument("--dilation", action="store_true", help="DC5: last ResNet stage dilated, stride 16 features")
+    model.add_argument("--absent-frame-mask-loss", action="store_true",
+                       help="train masks to be empty where their instance is absent (the original: no loss there)")
     model.add_argument("--activation-checkpointing", action="store_true", help="recompute layers in backward")
 
     optim = parser.add_argument_group("optimization")
@@ -130,7 +132,8 @@ def model_config(args: argparse.Namespace, category_names: Mapping[int, str]) ->
     id2label = {index: category_names.get(index, "N/A") for index in range(max(category_names) + 1)}
     fields = {name: getattr(args, name) for name, _, _ in MODEL_OPTIONS}
     try:
-        return VisTRConfig(**fields, pre_norm=args.pre_norm, dilation=args.dilation, id2label=id2label)
+        return VisTRConfig(**fields, pre_norm=args.pre_norm, dilation=args.dilation,
+                           absent_frame_mask_loss=args.absent_frame_mask_loss, id2label=id2label)
     except ValueError as error:  # the config lists its problems one per line, in its field names
         raise UsageError(f"the model options do not build a VisTR model: {as_options(error)}") from None
 

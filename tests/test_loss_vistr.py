@@ -7,9 +7,11 @@ Golden values: `../shared/parity/criterion_fixed.pt` (the original `HungarianMat
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
+import torchvision
 from conftest import case_inputs
 from vistr.configuration_vistr import VisTRConfig
 from vistr.loss_vistr import LossSettings, match_sequences, prepare_targets, sequence_cost_matrix, vistr_loss
@@ -160,3 +162,47 @@ def test_loss_backpropagates_through_every_head():
     for name in ("class_labels_classifier.weight", "bbox_predictor.layers.2.weight", "mask_head.dcn.weight",
                  "instance_head.out_conv.weight", "vistr.query_position_embeddings.weight"):
         assert model.get_parameter(name).grad.abs().sum() > 0, name
+
+
+def test_absent_frame_mask_loss_asks_for_empty_masks_where_the_instance_is_absent():
+    """With the option, a matched slot's masks in its instance's absent frames enter the focal and dice terms
+    with an empty target; without it (the original) only visible frames do. Reference: torchvision's focal
+    loss and the dice formula in float64, over the pairs the matcher chose."""
+    torch.manual_seed(0)
+    frames, slots, size = 3, 4, (12, 16)
+    config = VisTRConfig(num_frames=frames, num_queries_per_frame=slots, num_labels=5, absent_frame_mask_loss=True)
+    settings = LossSettings.from_config(config)
+    masks = torch.zeros(2, frames, *size, dtype=torch.bool)
+    masks[0, :, 2:8, 3:9] = True
+    masks[1, :2, 5:11, 8:15] = True  # instance 1 has left by frame 2
+    valid = torch.tensor([[True, True, True], [True, True, False]])
+    boxes = torch.tensor([[[0.375, 0.4167, 0.375, 0.5]] * 3, [[0.7188, 0.6667, 0.4375, 0.5]] * 2 + [[0.0] * 4]])
+    labels = [{"class_labels": torch.tensor([1, 3]), "boxes": boxes, "masks": masks, "valid": valid}]
+    logits = torch.randn(1, frames * slots, 6, dtype=torch.float64)
+    pred_boxes = torch.rand(1, frames * slots, 4, dtype=torch.float64) * 0.5 + 0.25
+    pred_masks = torch.randn(1, frames * slots, *size, dtype=torch.float64) * 3
+    query, entry = match_sequences(logits, pred_boxes, prepare_targets(labels, frames, 1), settings)[0]
+    pairs = {(int(q) % slots, int(e) // frames) for q, e in zip(query, entry)}
+    entries = valid.numel()
+
+    def expected_terms(every_frame: bool) -> tuple[float, float]:
+        focal = dice = 0.0
+        for slot, instance in pairs:
+            for frame in range(frames):
+                if every_frame or valid[instance, frame]:
+                    x, y = pred_masks[0, frame * slots + slot].flatten(), masks[instance, frame].flatten().double()
+                    focal += torchvision.ops.sigmoid_focal_loss(x, y, alpha=0.25, gamma=2.0, reduction="mean").item()
+                    p = x.sigmoid()
+                    dice += 1 - (2 * (p * y).sum().item() + 1) / (p.sum().item() + y.sum().item() + 1)
+        return focal / entries, dice / entries
+
+    results = {}
+    for every_frame in (True, False):
+        run_settings = dataclasses.replace(settings, absent_frame_mask_loss=every_frame)
+        _, results[every_frame] = vistr_loss(logits, pred_boxes, pred_masks, None, labels, run_settings)
+        focal, dice = expected_terms(every_frame)
+        assert abs(results[every_frame]["loss_mask"].item() - focal) <= 1e-12
+        assert abs(results[every_frame]["loss_dice"].item() - dice) <= 1e-12
+    assert results[True]["loss_dice"] > results[False]["loss_dice"]  # the absent frame adds a term
+    for name in ("loss_ce", "loss_bbox", "loss_giou"):
+        assert results[True][name].item() == results[False][name].item(), name

@@ -72,6 +72,13 @@ def test_mask_loss_weights_reach_the_criterion(synthetic_root, tmp_path, extra, 
     assert (weights["loss_bbox"], weights["loss_giou"]) == (5.0, 2.0)  # the other weights stay the original's
 
 
+@pytest.mark.parametrize("extra, expected", [([], False), (["--absent-frame-mask-loss"], True)])
+def test_absent_frame_mask_loss_reaches_the_criterion(synthetic_root, tmp_path, extra, expected):
+    args = train_accelerate.build_parser().parse_args(train_arguments(synthetic_root, tmp_path, *extra))
+    config = train_accelerate.model_config(args, {1: "disc", 2: "ring"})
+    assert LossSettings.from_config(config).absent_frame_mask_loss is expected
+
+
 @pytest.mark.parametrize("extra, mask_head_width, mask_channels, instance_channels", [
     ([], None, 24, 12),  # d_model (384) / 16 and the original's 12 unless asked
     (["--mask-head-width", "192", "--instance-head-channels", "16"], 192, 12, 16),
