@@ -70,12 +70,19 @@ class VisTRConfig(PreTrainedConfig):
             (training from scratch), up to 4.
         num_attention_heads, encoder_layers, decoder_layers, ffn_dim, dropout, activation_function,
         pre_norm: the DETR transformer.
+        mask_head_width (`int`, *optional*): the width the per-frame mask head narrows from: its FPN
+            stages have `mask_head_width` / 2, / 4 and / 8 channels and it ends with / 16. `None` (the
+            original) is `d_model`; a small model can give its masks more channels than its
+            transformer has. A multiple of 16.
         instance_head_channels (`int`): width of the 3-D instance head (12 in the original).
         instance_head_groups (`int`): its group-norm groups (4 in the original).
         position_embedding_temperature (`float`): of the sine encoding.
         class_cost, bbox_cost, giou_cost: Hungarian matcher weights.
         bbox_loss_coefficient, giou_loss_coefficient, mask_loss_coefficient, dice_loss_coefficient,
         eos_coefficient, focal_alpha, focal_gamma: loss weights.
+        absent_frame_mask_loss (`bool`): also train a matched slot's mask to be empty in the frames where
+            its instance is absent. The original (`False`) leaves those masks without a loss, so a model
+            draws "ghost" masks there, which cost video IoU (about 0.1 mask AP on the synthetic videos).
         auxiliary_loss (`bool`): also supervise every intermediate decoder layer.
         init_std, init_xavier_std: initialisation of freshly created weights.
     """
@@ -105,6 +112,7 @@ class VisTRConfig(PreTrainedConfig):
     dropout: float = 0.1
     activation_function: str = "relu"
     pre_norm: bool = False
+    mask_head_width: int | None = None
     instance_head_channels: int = 12
     instance_head_groups: int = 4
     position_embedding_temperature: float = 10000.0
@@ -119,6 +127,7 @@ class VisTRConfig(PreTrainedConfig):
     eos_coefficient: float = 0.1
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
+    absent_frame_mask_loss: bool = False
     init_std: float = 0.02
     init_xavier_std: float = 1.0
     is_encoder_decoder: bool = True
@@ -152,9 +161,16 @@ class VisTRConfig(PreTrainedConfig):
         return self.num_frames * self.num_queries_per_frame
 
     @property
+    def mask_head_widths(self) -> tuple[int, int, int, int]:
+        """Channels of the mask head's stages at strides 16, 8 and 4 and of its output (192, 96, 48, 24
+        for the original at d_model 384)."""
+        width = self.mask_head_width or self.d_model
+        return width // 2, width // 4, width // 8, width // 16
+
+    @property
     def mask_head_channels(self) -> int:
         """Channels of the per-frame mask features fed to the 3-D head (24 for d_model 384)."""
-        return self.d_model // 16
+        return self.mask_head_widths[-1]
 
     def _check_architecture(self) -> None:
         problems = []
@@ -172,6 +188,10 @@ class VisTRConfig(PreTrainedConfig):
         if not -1 <= self.backbone_frozen_stages <= 4:
             problems.append(
                 f"backbone_frozen_stages={self.backbone_frozen_stages} must be between -1 (train everything) and 4"
+            )
+        if self.mask_head_width is not None and (self.mask_head_width <= 0 or self.mask_head_width % 16):
+            problems.append(
+                f"mask_head_width={self.mask_head_width} must be a positive multiple of 16 (or None: d_model)"
             )
         if self.instance_head_groups <= 0 or self.instance_head_channels % self.instance_head_groups:
             problems.append(

@@ -66,6 +66,7 @@ class LossSettings:
     eos_coefficient: float
     focal_alpha: float
     focal_gamma: float
+    absent_frame_mask_loss: bool = False
 
     @classmethod
     def from_config(cls, config) -> LossSettings:
@@ -213,6 +214,21 @@ def match_sequences(
     return indices
 
 
+def every_frame_of_matched_pairs(
+    indices: list[tuple[Tensor, Tensor]], settings: LossSettings
+) -> list[tuple[Tensor, Tensor]]:
+    """`match_sequences`'s indices extended from the frames where each matched instance is visible to all
+    `T` frames (same pair order, frames ascending): the absent ones pair the slot with an empty target mask."""
+    frames, slots = settings.num_frames, settings.num_queries_per_frame
+    extended = []
+    for query, entry in indices:
+        pairs = torch.unique(torch.stack([query % slots, entry // frames], 1), dim=0)  # rows sorted: slot order
+        slot, instance = pairs[:, 0, None], pairs[:, 1, None]
+        frame = torch.arange(frames, device=query.device)
+        extended.append(((frame * slots + slot).flatten(), (instance * frames + frame).flatten()))
+    return extended
+
+
 # ------------------------------------------------------------------------------------------------- losses
 
 
@@ -348,7 +364,8 @@ def vistr_loss(
     loss_dict, indices = _layer_losses(logits, pred_boxes, targets, settings, num_boxes, log=True)
     if callable(pred_masks):
         pred_masks = pred_masks(indices)
-    loss_dict.update(mask_losses(pred_masks, targets, indices, num_boxes, settings))
+    mask_indices = every_frame_of_matched_pairs(indices, settings) if settings.absent_frame_mask_loss else indices
+    loss_dict.update(mask_losses(pred_masks, targets, mask_indices, num_boxes, settings))
     for layer, outputs in enumerate(auxiliary_outputs or []):
         layer_losses, _ = _layer_losses(outputs["logits"], outputs["pred_boxes"], targets, settings, num_boxes, log=False)
         loss_dict.update({f"{name}_{layer}": value for name, value in layer_losses.items()})
@@ -375,6 +392,7 @@ __all__ = [
     "ForVideoInstanceSegmentationLoss",
     "LossSettings",
     "VideoTargets",
+    "every_frame_of_matched_pairs",
     "match_sequences",
     "prepare_targets",
     "sequence_cost_matrix",

@@ -231,13 +231,15 @@ class VisTRConvBackbone(nn.Module):
             if name.startswith(frozen):
                 parameter.requires_grad_(False)
         # speed (frozen_batch_norm.py): each frozen norm folded into the convolution before it, same weights
-        folded = config.backbone_norm == "frozen_batch_norm" and fold_frozen_batch_norms(self.model) > 0
-        # a folded backbone is convolutions and ReLUs, which oneDNN runs fastest channels-last (NHWC) on CPU;
-        # trained norms keep timm's layout
-        self.channels_last_on_cpu = folded
+        if config.backbone_norm == "frozen_batch_norm":
+            fold_frozen_batch_norms(self.model)
+        # oneDNN runs convolutions, norms and pooling fastest channels-last (NHWC) on CPU, with the same values:
+        # a training step with trained norms takes 4-12 % less (benchmarks/bench_train_step.py), and the max
+        # pool alone 4-5x less. A switch, so the benchmark can time the channels-first layout it replaced.
+        self.channels_last_on_cpu = True
 
     def forward(self, frames: torch.Tensor) -> list[torch.Tensor]:
-        """frames [N, 3, H, W] -> the four stages' feature maps (channels-last on CPU when folded: same values)."""
+        """frames [N, 3, H, W] -> the four stages' feature maps (channels-last on CPU: same values)."""
         if self.channels_last_on_cpu and frames.device.type == "cpu":
             frames = frames.contiguous(memory_format=torch.channels_last)
         return list(self.model(frames))
@@ -657,16 +659,16 @@ class VisTRMHAttentionMap(nn.Module):
 
 class VisTRMaskHeadSmallConv(nn.Module):
     """Per-frame FPN mask head: memory + attention maps, refined with backbone levels 3..1, ending
-    in a deformable 3x3 conv (DCNv1, no bias). Outputs d_model/16 channels at stride 4.
+    in a deformable 3x3 conv (DCNv1, no bias). Outputs `config.mask_head_channels` (d_model/16 in the
+    original) at stride 4.
 
     Group norms have 8 groups as in the original wherever the width allows (every released width),
     gcd(8, width) for the narrow widths of small models."""
 
     def __init__(self, config: VisTRConfig, fpn_channels: list[int]):
         super().__init__()
-        d = config.d_model
-        dim = d + config.num_attention_heads
-        widths = [dim, d // 2, d // 4, d // 8, d // 16]
+        dim = config.d_model + config.num_attention_heads
+        widths = [dim, *config.mask_head_widths]
         self.lay1 = nn.Conv2d(dim, dim, 3, padding=1)
         self.gn1 = nn.GroupNorm(math.gcd(8, dim), dim)
         self.lay2 = nn.Conv2d(dim, widths[1], 3, padding=1)
@@ -718,7 +720,7 @@ class VisTRMaskHeadSmallConv(nn.Module):
     def forward(self, memory: torch.Tensor, attention_maps: torch.Tensor, fpns: list[torch.Tensor]) -> torch.Tensor:
         """memory [F, d, h, w], attention_maps [F, n, heads, h, w], fpns = levels (0, 1, 2) as [F, C, H, W].
 
-        Returns [F * n, d/16, H0, W0], frame f's slot s at row `f * n + s`.
+        Returns [F * n, mask_head_channels, H0, W0], frame f's slot s at row `f * n + s`.
         """
         slots = attention_maps.shape[1]
         x = F.relu(self.gn1(self._first_conv(memory, attention_maps)), inplace=True)
@@ -733,7 +735,8 @@ class VisTRMaskHeadSmallConv(nn.Module):
 
 
 class VisTRInstanceHead(nn.Module):
-    """3-D conv head over time for one instance sequence: [N, d/16, T, H, W] -> mask logits [N, 1, T, H, W].
+    """3-D conv head over time for one instance sequence:
+    [N, mask_head_channels, T, H, W] -> mask logits [N, 1, T, H, W].
 
     Group norms normalize over channels and all frames of the instance.
     """
