@@ -188,45 +188,53 @@ def _linear_sum_assignment(cost: Tensor) -> tuple:
 
 
 @torch.no_grad()
-def match_sequences(
+def assign_sequences(
     logits: Tensor, boxes: Tensor, targets: list[VideoTargets], settings: LossSettings
 ) -> list[tuple[Tensor, Tensor]]:
-    """Per video, (query indices, target entry indices) of the matched (query, frame) pairs.
-
-    Pair j of the assignment covers the frames where its assigned instance is visible:
-    queries `t * n + slot_j`, entries `instance_j * T + t`, pairs in slot order, frames ascending.
-    """
-    indices = []
+    """Per video, the Hungarian assignment of slots to whole instance sequences: (slot ids, ascending; their
+    instance ids)."""
+    assignments = []
     for video, video_targets in enumerate(targets):
         if video_targets.num_instances == 0:
             empty = torch.zeros(0, dtype=torch.long, device=logits.device)
-            indices.append((empty, empty))
+            assignments.append((empty, empty))
             continue
         cost = sequence_cost_matrix(logits[video], boxes[video], video_targets, settings)
         slot_ids, instance_ids = _linear_sum_assignment(cost.cpu())
-        slot_ids = torch.as_tensor(slot_ids, dtype=torch.long, device=logits.device)
-        instance_ids = torch.as_tensor(instance_ids, dtype=torch.long, device=logits.device)
-        visible = video_targets.valid[instance_ids].to(logits.device)  # [pairs, T]
-        pair, frame = visible.nonzero(as_tuple=True)
+        assignments.append((torch.as_tensor(slot_ids, dtype=torch.long, device=logits.device),
+                            torch.as_tensor(instance_ids, dtype=torch.long, device=logits.device)))  # fmt: skip
+    return assignments
+
+
+def pair_entries(
+    assignments: list[tuple[Tensor, Tensor]], targets: list[VideoTargets], settings: LossSettings,
+    every_frame: bool = False,
+) -> list[tuple[Tensor, Tensor]]:
+    """Per video, (query indices, target entry indices) of the frames of each assigned (slot, instance) pair.
+
+    The frames are those where the instance is visible (the original's), or with `every_frame` all `T`, the
+    absent ones pairing the slot with an empty target mask: queries `t * n + slot_j`, entries
+    `instance_j * T + t`, pairs in slot order, frames ascending.
+    """
+    indices = []
+    for (slot_ids, instance_ids), video_targets in zip(assignments, targets):
+        frames = video_targets.valid[instance_ids].to(slot_ids.device)  # [pairs, T]
+        if every_frame:
+            frames = torch.ones_like(frames)
+        pair, frame = frames.nonzero(as_tuple=True)
         query = frame * settings.num_queries_per_frame + slot_ids[pair]
         entry = instance_ids[pair] * settings.num_frames + frame
         indices.append((query, entry))
     return indices
 
 
-def every_frame_of_matched_pairs(
-    indices: list[tuple[Tensor, Tensor]], settings: LossSettings
+@torch.no_grad()
+def match_sequences(
+    logits: Tensor, boxes: Tensor, targets: list[VideoTargets], settings: LossSettings
 ) -> list[tuple[Tensor, Tensor]]:
-    """`match_sequences`'s indices extended from the frames where each matched instance is visible to all
-    `T` frames (same pair order, frames ascending): the absent ones pair the slot with an empty target mask."""
-    frames, slots = settings.num_frames, settings.num_queries_per_frame
-    extended = []
-    for query, entry in indices:
-        pairs = torch.unique(torch.stack([query % slots, entry // frames], 1), dim=0)  # rows sorted: slot order
-        slot, instance = pairs[:, 0, None], pairs[:, 1, None]
-        frame = torch.arange(frames, device=query.device)
-        extended.append(((frame * slots + slot).flatten(), (instance * frames + frame).flatten()))
-    return extended
+    """Per video, (query indices, target entry indices) of the matched (query, frame) pairs: each assigned
+    pair's frames where its instance is visible (`pair_entries`)."""
+    return pair_entries(assign_sequences(logits, boxes, targets, settings), targets, settings)
 
 
 # ------------------------------------------------------------------------------------------------- losses
@@ -339,11 +347,12 @@ def normalizer(targets: list[VideoTargets], device: torch.device) -> float:
 
 
 def _layer_losses(logits, boxes, targets, settings, num_boxes, log: bool):
-    indices = match_sequences(logits, boxes, targets, settings)
+    assignments = assign_sequences(logits, boxes, targets, settings)
+    indices = pair_entries(assignments, targets, settings)
     losses = classification_losses(logits, targets, indices, settings, log=log)
     losses.update(box_losses(boxes, targets, indices, num_boxes))
     losses["cardinality_error"] = cardinality_error(logits, targets)
-    return losses, indices
+    return losses, assignments, indices
 
 
 def vistr_loss(
@@ -356,18 +365,22 @@ def vistr_loss(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Weighted total and every term (`loss_ce`, ..., `loss_ce_0`, ...; `*_error` are logged only).
 
-    `pred_masks` is `[B, T*n, H, W]`, or a function of the matching (`match_sequences`'s indices) that
-    returns them: the matching needs no masks, so a model can compute the masks of matched slots only.
+    `pred_masks` is `[B, T*n, H, W]`, or a function of the matching (`pair_entries`' indices: the pairs'
+    visible frames, or all frames with `absent_frame_mask_loss`) that returns them: the matching needs no
+    masks, so a model can compute the masks of matched slots only.
     """
     targets = prepare_targets(labels, settings.num_frames, logits.shape[0])
     num_boxes = normalizer(targets, logits.device)
-    loss_dict, indices = _layer_losses(logits, pred_boxes, targets, settings, num_boxes, log=True)
+    loss_dict, assignments, indices = _layer_losses(logits, pred_boxes, targets, settings, num_boxes, log=True)
+    if settings.absent_frame_mask_loss:
+        indices = pair_entries(assignments, targets, settings, every_frame=True)
     if callable(pred_masks):
         pred_masks = pred_masks(indices)
-    mask_indices = every_frame_of_matched_pairs(indices, settings) if settings.absent_frame_mask_loss else indices
-    loss_dict.update(mask_losses(pred_masks, targets, mask_indices, num_boxes, settings))
+    loss_dict.update(mask_losses(pred_masks, targets, indices, num_boxes, settings))
     for layer, outputs in enumerate(auxiliary_outputs or []):
-        layer_losses, _ = _layer_losses(outputs["logits"], outputs["pred_boxes"], targets, settings, num_boxes, log=False)
+        layer_losses, _, _ = _layer_losses(
+            outputs["logits"], outputs["pred_boxes"], targets, settings, num_boxes, log=False
+        )
         loss_dict.update({f"{name}_{layer}": value for name, value in layer_losses.items()})
     weights = settings.weight_dict(len(auxiliary_outputs or []))
     total = sum(loss_dict[name] * weights[name] for name in loss_dict if name in weights)
@@ -392,8 +405,9 @@ __all__ = [
     "ForVideoInstanceSegmentationLoss",
     "LossSettings",
     "VideoTargets",
-    "every_frame_of_matched_pairs",
+    "assign_sequences",
     "match_sequences",
+    "pair_entries",
     "prepare_targets",
     "sequence_cost_matrix",
     "vistr_loss",

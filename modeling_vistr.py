@@ -808,7 +808,7 @@ class VisTRForVideoInstanceSegmentation(VisTRPreTrainedModel):
         return masks.view(batch, slot_count, frames, *masks.shape[-2:]).transpose(1, 2).flatten(1, 2)
 
     def _matched_masks(self, outputs: VisTRModelOutput, indices: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """[B, T*n, H, W] with the masks of the matched slots (`match_sequences`'s indices) and zeros elsewhere.
+        """[B, T*n, H, W] with the masks of the matched slots (the loss's `pair_entries` indices) and zeros elsewhere.
 
         The loss reads matched slots only, so training computes only those: the mask branch, most of a
         training step on CPU, then costs in proportion to the instances instead of the slots.
