@@ -2,10 +2,13 @@
 
     python assets/package_bundled_model.py RUN/checkpoints/step-00020000 --run RUN   # -> assets/vistr-tiny-synthetic
     python assets/package_bundled_model.py RUN/checkpoints/step-00020000 --evaluate-only
-    python assets/package_bundled_model.py CHECKPOINT --run RUN --inference-sizes 128x224 160x288 176x304
+    python assets/package_bundled_model.py CHECKPOINT --run RUN --inference-sizes 128x224 160x288 176x304 \
+        --test-time-flips horizontal vertical both
 
-With `--inference-sizes`, the processor's resize (shortest x longest edge) is first chosen among the candidates
-by AP on a tuning split (another seed, `TUNING_SEED`), never on the held-out one. Then the model is scored on
+With `--test-time-flips`, the processor asks `VideoSegmenter` to average each clip's predictions with these
+flipped views (flip_averaging.py); every score below is then with them, and the card also gives the held-out
+AP of the single view. With `--inference-sizes`, the processor's resize (shortest x longest edge) is first
+chosen among the candidates by AP on a tuning split (another seed, `TUNING_SEED`), never on the held-out one. Then the model is scored on
 a held-out synthetic split that training never saw (`vistr make-synthetic` with the default settings and
 another seed, scored by `vistr evaluate`'s evaluator), and the folder is written: float16
 weights (the config keeps float32 as the dtype to load in, so CPUs run it in float32), config, processor,
@@ -22,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from vistr.flip_averaging import FLIP_DIMS, check_flips
 from vistr.model_card import build_model_card, save_model_card, save_model_folder
 from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation
 from vistr.tools.youtube_vis import make_synthetic
@@ -39,32 +43,37 @@ def held_out_split(seed: int, videos: int) -> str:
     return f"{videos} videos of `vistr make-synthetic OUT --videos {videos} --seed {seed}` (default settings, never trained on)"
 
 
-def load_processor(folder: Path, size: tuple[int, int] | None = None):
-    """The folder's video processor, resizing to `size` = (shortest, longest edge) when given."""
+def load_processor(folder: Path, size: tuple[int, int] | None = None, flips: list[str] | None = None):
+    """The folder's video processor, resizing to `size` = (shortest, longest edge) and averaging `flips` when
+    given."""
     from transformers import AutoVideoProcessor
 
     processor = AutoVideoProcessor.from_pretrained(folder)
     if size is not None:
         processor.size = {"shortest_edge": size[0], "longest_edge": size[1]}
+    if flips is not None:
+        processor.test_time_flips = list(check_flips(flips)) or None
     return processor
 
 
 def evaluate_folder(folder: Path, seed: int = HELD_OUT_SEED, videos: int = HELD_OUT_VIDEOS,
-                    size: tuple[int, int] | None = None) -> dict[str, float]:  # fmt: skip
-    """The 12 YouTube-VIS metrics of the model in `folder` on the synthetic split of `seed` (at `size`)."""
+                    size: tuple[int, int] | None = None, flips: list[str] | None = None) -> dict[str, float]:  # fmt: skip
+    """The 12 YouTube-VIS metrics of the model in `folder` on the synthetic split of `seed` (at `size`, with
+    `flips`)."""
     model = VisTRForVideoInstanceSegmentation.from_pretrained(folder, dtype=torch.float32).eval()
     with tempfile.TemporaryDirectory() as scratch:
         data = Path(scratch) / "heldout"
         make_synthetic(data, videos, seed, progress=False)
-        return run_split(model, load_processor(folder, size), data / "annotations.json", data / "JPEGImages",
+        return run_split(model, load_processor(folder, size, flips), data / "annotations.json", data / "JPEGImages",
                          Path(scratch) / "results.json", score=True, model_name=str(folder))  # fmt: skip
 
 
-def choose_inference_size(folder: Path, sizes: list[tuple[int, int]], videos: int) -> tuple[int, int]:
+def choose_inference_size(folder: Path, sizes: list[tuple[int, int]], videos: int,
+                          flips: list[str] | None = None) -> tuple[int, int]:  # fmt: skip
     """The candidate size with the best AP on the tuning split (printed, one line per size)."""
     scores = {}
     for size in sizes:
-        scores[size] = evaluate_folder(folder, TUNING_SEED, videos, size)["AP"]
+        scores[size] = evaluate_folder(folder, TUNING_SEED, videos, size, flips)["AP"]
         print(json.dumps({"tuning_seed": TUNING_SEED, "size": list(size), "AP": scores[size]}))
     return max(sizes, key=scores.__getitem__)
 
@@ -81,10 +90,11 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def package(source: Path, run: Path, output: Path, metrics: dict[str, float], seed: int, videos: int,
-            size: tuple[int, int] | None = None) -> None:  # fmt: skip
+            size: tuple[int, int] | None = None, flips: list[str] | None = None,
+            single_view_ap: float | None = None) -> None:  # fmt: skip
     """Write the bundled folder next to `output` and rename it into place (an existing one is replaced)."""
     model = VisTRForVideoInstanceSegmentation.from_pretrained(source, dtype=torch.float32).eval()
-    processor = load_processor(source, size)
+    processor = load_processor(source, size, flips)
     state = json.loads((source / STATE_FILE).read_text()) if (source / STATE_FILE).is_file() else {}
     staging = output.with_name(output.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
@@ -102,6 +112,11 @@ def package(source: Path, run: Path, output: Path, metrics: dict[str, float], se
     if size is not None:
         provenance += (f" The processor resizes to shortest edge {size[0]}, longest {size[1]}: the best AP of the "
                        f"candidate sizes on {held_out_split(TUNING_SEED, videos)}, a tuning split.")  # fmt: skip
+    if processor.test_time_flips:
+        provenance += (f" `vistr segment` (also with `--annotations ... --evaluate`) and the pipeline average each clip's "
+                       f"predictions with those of its flipped views (the processor's `test_time_flips`: "
+                       f"{', '.join(processor.test_time_flips)}; `--test-time-flips none` runs one view). The metrics "
+                       f"below are with them; one view scores AP {single_view_ap:.3f} on the same held-out split.")  # fmt: skip
     card = build_model_card(model.config, name=output.name, provenance=provenance, datasets=["synthetic-youtube-vis"],
                             metrics=metrics, metrics_split=held_out_split(seed, videos))  # fmt: skip
     save_model_card(staging, card)
@@ -121,14 +136,20 @@ def main() -> None:
     parser.add_argument("--evaluate-only", action="store_true")
     parser.add_argument("--inference-sizes", nargs="+", type=parse_size, metavar="SHORTESTxLONGEST",
                         help="candidate processor sizes, chosen by AP on the tuning split (default: the source's)")  # fmt: skip
+    parser.add_argument("--test-time-flips", nargs="+", choices=list(FLIP_DIMS), metavar="FLIP",
+                        help="flips the processor averages with each clip (horizontal, vertical, both; default: the source's)")  # fmt: skip
     args = parser.parse_args()
     start = time.perf_counter()
-    size = choose_inference_size(args.source, args.inference_sizes, args.videos) if args.inference_sizes else None
-    metrics = evaluate_folder(args.source, args.seed, args.videos, size)
-    print(json.dumps({"source": str(args.source), "size": size, "seconds": round(time.perf_counter() - start, 1),
-                      **metrics}))  # fmt: skip
+    flips = args.test_time_flips
+    size = choose_inference_size(args.source, args.inference_sizes, args.videos, flips) if args.inference_sizes else None
+    metrics = evaluate_folder(args.source, args.seed, args.videos, size, flips)
+    averages_flips = bool(load_processor(args.source, size, flips).test_time_flips)
+    single_view_ap = evaluate_folder(args.source, args.seed, args.videos, size, [])["AP"] if averages_flips else None
+    print(json.dumps({"source": str(args.source), "size": size, "flips": flips, "single_view_AP": single_view_ap,
+                      "seconds": round(time.perf_counter() - start, 1), **metrics}))  # fmt: skip
     if not args.evaluate_only:
-        package(args.source, args.run or args.source.parent.parent, args.output, metrics, args.seed, args.videos, size)
+        package(args.source, args.run or args.source.parent.parent, args.output, metrics, args.seed, args.videos, size,
+                flips, single_view_ap)  # fmt: skip
         print(f"wrote {args.output}")
 
 

@@ -10,7 +10,7 @@ import tomllib
 ROOT = Path(__file__).resolve().parent.parent
 # the files that travel with the weights (remote code): flat in one folder, siblings imported relatively
 MODEL_FILES = ["configuration_vistr", "modeling_vistr", "frozen_batch_norm", "loss_vistr", "deform_conv",
-               "image_processing_vistr", "mask_upsampling", "video_io", "pipeline_vistr", "model_card"]  # fmt: skip
+               "image_processing_vistr", "mask_upsampling", "flip_averaging", "video_io", "pipeline_vistr", "model_card"]  # fmt: skip
 ROOT_TOOLS = ["convert_checkpoint", "train_accelerate"]
 TOOLS = sorted(path.stem for path in (ROOT / "tools").glob("*.py") if path.stem != "__init__")
 OUR_NAMES = set(MODEL_FILES + ROOT_TOOLS + TOOLS)

@@ -53,7 +53,9 @@ class OracleModel(nn.Module):
             masks[:, slot] = torch.where(coarse, 10.0, -10.0)
             logits[:, slot, k] = 10.0
             logits[:, slot, -1] = torch.where(present.flatten(1).any(1), -10.0, 12.0)
-        return SimpleNamespace(logits=logits.reshape(1, frames * slots, -1), pred_masks=masks.reshape(1, frames * slots, h4, w4))
+        boxes = torch.full((1, frames * slots, 4), 0.5)  # not read by the segmenter
+        return SimpleNamespace(logits=logits.reshape(1, frames * slots, -1), pred_masks=masks.reshape(1, frames * slots, h4, w4),
+                               pred_boxes=boxes)  # fmt: skip
 
 
 def moving_squares(length: int, height: int = 64, width: int = 96) -> tuple[np.ndarray, dict[int, np.ndarray]]:
@@ -75,13 +77,17 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
 
+@pytest.mark.parametrize("flips", [None, ["horizontal", "vertical", "both"]])
 @pytest.mark.parametrize("length", [1, 3, 4, 7, 9, 13])
-def test_clips_are_linked_into_one_track_per_instance(length):
+def test_clips_are_linked_into_one_track_per_instance(length, flips):
+    """Also with test-time flips: every view puts the instances in other slots, so the views' slots must be
+    matched before they are averaged."""
     video, truth = moving_squares(length)
     model = OracleModel(num_frames=4)
-    segmenter = VideoSegmenter(model, VisTRVideoProcessor(size={"shortest_edge": 64}), stride=3)
+    processor = VisTRVideoProcessor(size={"shortest_edge": 64}, test_time_flips=flips)
+    segmenter = VideoSegmenter(model, processor, stride=3)
     result = segmenter(video)
-    assert model.clips == segmenter.clip_count(length)
+    assert model.clips == segmenter.clip_count(length) * (1 + len(flips or []))
     assert (result["length"], result["height"], result["width"]) == (length, 64, 96)
     tracks = {inst["id"]: decode_masks(inst["segmentations"], 64, 96) for inst in result["instances"]}
     labels = {inst["id"]: inst["label"] for inst in result["instances"]}

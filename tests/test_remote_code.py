@@ -20,7 +20,7 @@ SCRIPT = textwrap.dedent(
     """
     import importlib.abc, json, sys
     OURS = {"configuration_vistr", "modeling_vistr", "deform_conv", "image_processing_vistr", "pipeline_vistr",
-            "video_io", "overlay", "convert_checkpoint", "vistr_cli"}
+            "flip_averaging", "video_io", "overlay", "convert_checkpoint", "vistr_cli"}
 
     class RefuseOurModules(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):

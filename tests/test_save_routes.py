@@ -33,7 +33,7 @@ LOAD_EVERY_FOLDER = textwrap.dedent(
     """
     import importlib.abc, json, sys, traceback
     OURS = {"configuration_vistr", "modeling_vistr", "deform_conv", "image_processing_vistr", "pipeline_vistr",
-            "video_io", "model_card", "loss_vistr", "overlay", "convert_checkpoint", "vistr_cli"}
+            "flip_averaging", "video_io", "model_card", "loss_vistr", "overlay", "convert_checkpoint", "vistr_cli"}
 
     class RefuseOurModules(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):

@@ -24,6 +24,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from vistr import convert_checkpoint
+from vistr.flip_averaging import FLIP_DIMS
 from vistr.tools import evaluation_youtube_vis, youtube_vis
 from vistr.tools.outputs import (
     OVERLAY_SUFFIXES,
@@ -225,8 +226,23 @@ def _apply_demo_defaults(args: argparse.Namespace) -> None:
         args.overlay = args.overlay or str(Path(DEFAULT_OUTPUT_DIR) / "overlay.mp4")
 
 
+def _test_time_flips(names: list[str] | None) -> list[str] | None:
+    """--test-time-flips as VideoSegmenter takes them: None (the model folder's processor decides), [] for
+    `none` (one view), else the flips."""
+    if names is None:
+        return None
+    if "none" in names:
+        if len(names) > 1:
+            raise UsageError(f"--test-time-flips {' '.join(names)}: `none` (one view) goes alone; name flips or none")
+        return []
+    if len(set(names)) != len(names):
+        raise UsageError(f"--test-time-flips {' '.join(names)}: name each flip at most once")
+    return names
+
+
 def _check_segment_options(args: argparse.Namespace) -> None:
     """Options that only work together; before anything is loaded or written."""
+    args.test_time_flips = _test_time_flips(args.test_time_flips)
     if args.annotations is not None:
         if args.output is None:
             raise UsageError("with --annotations give --output, the results JSON to write")
@@ -263,7 +279,8 @@ def _segment_split(args: argparse.Namespace) -> None:
     model, processor = _load_for_inference(args.model, args.device, args.dtype)
     _check_stride(args.stride, model)
     run_split(model, processor, args.annotations, args.frames_root, args.output, zip_path=args.zip,
-              score=args.evaluate, stride=args.stride, mask_threshold=args.mask_threshold, model_name=args.model)
+              score=args.evaluate, stride=args.stride, mask_threshold=args.mask_threshold, model_name=args.model,
+              test_time_flips=args.test_time_flips)  # fmt: skip
 
 
 def _segment_inputs(args: argparse.Namespace, model, processor, results_file: Path, overlay_files: list[Path]) -> None:
@@ -275,7 +292,8 @@ def _segment_inputs(args: argparse.Namespace, model, processor, results_file: Pa
     from vistr.tools.youtube_vis_inference import video_results
     from vistr.video_io import iter_frames, video_fps
 
-    segmenter = VideoSegmenter(model, processor, stride=args.stride, mask_threshold=args.mask_threshold)
+    segmenter = VideoSegmenter(model, processor, stride=args.stride, mask_threshold=args.mask_threshold,
+                               test_time_flips=args.test_time_flips)  # fmt: skip
     videos = []
     with tqdm(args.inputs, desc="videos", unit="video") as bar:
         for source in bar:
@@ -376,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="frames between clip starts for long videos, 1 to the clip length (default: 3/4 of a clip)")
     segment.add_argument("--mask-threshold", type=open_probability, default=0.5,
                          help="mask probability a pixel needs, strictly between 0 and 1")
+    segment.add_argument("--test-time-flips", nargs="+", choices=[*FLIP_DIMS, "none"], metavar="FLIP",
+                         help="average each clip's predictions with these flipped views (horizontal, vertical, both), "
+                              "or none for one view (default: the model folder's processor setting)")  # fmt: skip
     segment.set_defaults(handler=_segment)
 
     synthetic = commands.add_parser("make-synthetic", help="write a synthetic YouTube-VIS folder (frames + annotations)")

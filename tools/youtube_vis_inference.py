@@ -252,10 +252,12 @@ def run_split(
     stride: int | None = None,
     mask_threshold: float = 0.5,
     model_name: str = "",
+    test_time_flips: Sequence[str] | None = None,
 ) -> dict | None:
     """The whole job on this process's share of the videos; the main process writes the results.
 
-    Returns the 12 metrics when `score` is set (main process), else None.
+    `test_time_flips`: as `VideoSegmenter` takes them (None: the processor's). Returns the 12 metrics when
+    `score` is set (main process), else None.
     """
     from accelerate import PartialState
 
@@ -268,13 +270,15 @@ def run_split(
     check_split_outputs(annotation_file, frames_root, output, zip_path)
     output = Path(output)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")  # resuming in another precision would mix
+    segmenter = VideoSegmenter(model, processor, stride=stride, mask_threshold=mask_threshold,
+                               test_time_flips=test_time_flips)  # fmt: skip
     settings = {"annotations": str(Path(annotation_file).resolve()), "model": model_name, "stride": stride,
-                "mask_threshold": mask_threshold, "dtype": dtype}  # fmt: skip
+                "mask_threshold": mask_threshold, "dtype": dtype,
+                "test_time_flips": list(segmenter.test_time_flips)}  # fmt: skip
     parts = PartsFolder(output, settings)
     if state.is_main_process:
         parts.prepare()
     state.wait_for_everyone()
-    segmenter = VideoSegmenter(model, processor, stride=stride, mask_threshold=mask_threshold)
     report = SpeedReport()
     share = videos[state.process_index :: state.num_processes]
     segment_videos(segmenter, share, Path(frames_root), parts, report, show_progress=state.is_local_main_process)
