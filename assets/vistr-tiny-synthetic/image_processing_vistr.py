@@ -39,6 +39,7 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import VideosKwargs
 from transformers.video_processing_utils import BaseVideoProcessor
 
+from .flip_averaging import check_flips
 from .mask_upsampling import upsample_and_threshold
 from .video_io import VideoReadError, describe, iter_frames
 
@@ -394,6 +395,7 @@ class VisTRVideoProcessorKwargs(VideosKwargs, total=False):
     pad_size_divisor: int
     num_queries_per_frame: int
     stride: int
+    test_time_flips: list[str]
 
 
 class VideoClips:
@@ -445,6 +447,9 @@ class VisTRVideoProcessor(BaseVideoProcessor):
         input_data_format, device: as `BaseVideoProcessor` defines them (ImageNet normalization by default).
         pad_size_divisor (`int`): pad height and width of a batch to a multiple of this (1: just the largest frame).
         num_queries_per_frame (`int`): the model's instance slots per frame, to split outputs without a clip layout.
+        test_time_flips (`list[str]`, *optional*): flips ("horizontal", "vertical", "both") whose predictions
+            `VideoSegmenter` (`vistr segment`, `vistr evaluate`, the pipeline) averages with the plain view's
+            (flip_averaging.py); None: one view, as the original. Preprocessing itself ignores it.
 
     Frame sampling and cropping options (`do_sample_frames`, `fps`, `do_center_crop`, ...) raise: VisTR
     covers every frame of whole frames.
@@ -467,13 +472,15 @@ class VisTRVideoProcessor(BaseVideoProcessor):
     resize_backend = "pil"
     pad_size_divisor = 1
     num_queries_per_frame = 10
+    test_time_flips = None
 
     def __init__(self, **kwargs):
         unknown = sorted(set(kwargs) - set(self.valid_kwargs.__annotations__) - BOOKKEEPING_KEYS)
         if unknown:
             raise TypeError(f"VisTRVideoProcessor got unknown settings {unknown}; it takes "
-                            f"{sorted(PREPROCESS_OPTIONS)} and num_queries_per_frame")  # fmt: skip
+                            f"{sorted(PREPROCESS_OPTIONS)}, num_queries_per_frame and test_time_flips")  # fmt: skip
         super().__init__(**kwargs)
+        self.test_time_flips = list(check_flips(self.test_time_flips)) or None  # saved only when there are some
         self.preprocess_options({})  # a setting it cannot honour fails here, not at the first call
 
     # ----------------------------------------------------------------------------------- frames

@@ -6,16 +6,19 @@ frames, the last ending at the last frame). Each clip's outputs go straight into
 (`ClipStitcher`, the post-processing of `post_process_instance_segmentation`): slots are linked to the
 previous clip's tracks by mask IoU, so an object keeps one id through the whole video. Only the frames of
 the clips of one forward are held at a time, and with RLE masks nothing else grows with L but the results.
+With `test_time_flips` (the processor's, or given) each clip's predictions are averaged with its flipped
+views' (flip_averaging.py) before stitching.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from transformers import Pipeline
 
+from .flip_averaging import check_flips, flip_averaged
 from .image_processing_vistr import ClipStitcher, VisTRVideoProcessor, clip_count, clip_stride, processor_for_model
 
 TASK = "video-instance-segmentation"
@@ -39,15 +42,17 @@ class VideoSegmenter:
 
     `threshold` 0 keeps every instance (the YouTube-VIS results); `clips_per_forward` clips go through the
     model at once; `mask_format` as for `post_process_instance_segmentation` ("rle" by default: the memory
-    of a long video stays small).
+    of a long video stays small); `test_time_flips` (default: the processor's) are averaged with each clip.
     """
 
     def __init__(self, model, processor: VisTRVideoProcessor, stride: int | None = None, mask_threshold: float = 0.5,
-                 threshold: float = 0.0, clips_per_forward: int = 1, mask_format: str = "rle", device=None, dtype=None):
+                 threshold: float = 0.0, clips_per_forward: int = 1, mask_format: str = "rle", device=None, dtype=None,
+                 test_time_flips: Sequence[str] | None = None):  # fmt: skip
         self.model = model
         self.processor = processor
         self.num_frames = model.config.num_frames
         self.stride = clip_stride(self.num_frames, stride)
+        self.test_time_flips = check_flips(processor.test_time_flips if test_time_flips is None else test_time_flips)
         if clips_per_forward < 1:
             raise ValueError(f"batch_size={clips_per_forward} must be at least 1 (clips per forward)")
         self.mask_threshold, self.threshold, self.mask_format = mask_threshold, threshold, mask_format
@@ -77,7 +82,12 @@ class VideoSegmenter:
 
     @torch.no_grad()
     def _predict(self, pixel_values: torch.Tensor):
-        return self.model(pixel_values=pixel_values.to(self.device, self.dtype))
+        def predict(pixels: torch.Tensor):
+            return self.model(pixel_values=pixels.to(self.device, self.dtype))
+
+        if not self.test_time_flips:
+            return predict(pixel_values)
+        return flip_averaged(predict, pixel_values, self.test_time_flips, self.model.config.num_queries_per_frame)
 
 
 def decode_masks(segmentations: list[dict | None], height: int, width: int) -> np.ndarray:
@@ -99,7 +109,8 @@ class VideoInstanceSegmentationPipeline(Pipeline):
     `post_process_instance_segmentation` of that video: instances with `id`, `score`, `label` (class id),
     `label_name`, `frame_scores` and per-frame `masks` (bool [L, H, W]) or, with `mask_format="rle"`,
     `segmentations`. Options: `threshold`, `mask_threshold`, `stride` (frames between clips), `batch_size`
-    (clips per forward), `mask_format`; `device` and `dtype` when creating it. Unknown options raise.
+    (clips per forward), `mask_format`, `test_time_flips` (default: the processor's; [] for one view);
+    `device` and `dtype` when creating it. Unknown options raise.
     """
 
     _load_processor = False
@@ -121,12 +132,12 @@ class VideoInstanceSegmentationPipeline(Pipeline):
         return super().__call__(inputs, batch_size=1, clips_per_forward=clips_per_forward, **kwargs)
 
     def _sanitize_parameters(self, threshold=None, mask_threshold=None, stride=None, mask_format=None,
-                             clips_per_forward=None, **unknown):
+                             clips_per_forward=None, test_time_flips=None, **unknown):
         if unknown:
             raise TypeError(f"unexpected pipeline arguments {sorted(unknown)}; it takes threshold, mask_threshold, "
-                            "stride, batch_size and mask_format (and device, dtype when created)")  # fmt: skip
+                            "stride, batch_size, mask_format and test_time_flips (and device, dtype when created)")  # fmt: skip
         given = {"threshold": threshold, "mask_threshold": mask_threshold, "stride": stride, "mask_format": mask_format,
-                 "clips_per_forward": clips_per_forward}  # fmt: skip
+                 "clips_per_forward": clips_per_forward, "test_time_flips": test_time_flips}  # fmt: skip
         return {}, {name: value for name, value in given.items() if value is not None}, {}
 
     def preprocess(self, video):
