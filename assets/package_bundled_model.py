@@ -3,11 +3,12 @@
     python assets/package_bundled_model.py RUN/checkpoints/step-00020000 --run RUN   # -> assets/vistr-tiny-synthetic
     python assets/package_bundled_model.py RUN/checkpoints/step-00020000 --evaluate-only
     python assets/package_bundled_model.py CHECKPOINT --run RUN --inference-sizes 128x224 160x288 176x304 \
-        --test-time-flips horizontal vertical both
+        --test-time-flips horizontal vertical both --mask-score-weighting
 
 With `--test-time-flips`, the processor asks `VideoSegmenter` to average each clip's predictions with these
-flipped views (flip_averaging.py); every score below is then with them, and the card also gives the held-out
-AP of the single view. With `--inference-sizes`, the processor's resize (shortest x longest edge) is first
+flipped views (flip_averaging.py); with `--mask-score-weighting`, post-processing multiplies scores by mask
+confidence. Every score below is then with them, and the card also gives the held-out AP of the original's
+inference (one view, class scores only). With `--inference-sizes`, the processor's resize (shortest x longest edge) is first
 chosen among the candidates by AP on a tuning split (another seed, `TUNING_SEED`), never on the held-out one. Then the model is scored on
 a held-out synthetic split that training never saw (`vistr make-synthetic` with the default settings and
 another seed, scored by `vistr evaluate`'s evaluator), and the folder is written: float16
@@ -22,6 +23,7 @@ import json
 import shutil
 import tempfile
 import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -43,37 +45,48 @@ def held_out_split(seed: int, videos: int) -> str:
     return f"{videos} videos of `vistr make-synthetic OUT --videos {videos} --seed {seed}` (default settings, never trained on)"
 
 
-def load_processor(folder: Path, size: tuple[int, int] | None = None, flips: list[str] | None = None):
-    """The folder's video processor, resizing to `size` = (shortest, longest edge) and averaging `flips` when
-    given."""
-    from transformers import AutoVideoProcessor
+@dataclass(frozen=True)
+class InferenceSettings:
+    """What the bundled processor sets for running the model; None keeps the source folder's setting."""
 
-    processor = AutoVideoProcessor.from_pretrained(folder)
-    if size is not None:
-        processor.size = {"shortest_edge": size[0], "longest_edge": size[1]}
-    if flips is not None:
-        processor.test_time_flips = list(check_flips(flips)) or None
-    return processor
+    size: tuple[int, int] | None = None  # (shortest, longest edge)
+    flips: list[str] | None = None  # test-time flips averaged with each clip
+    mask_score_weighting: bool | None = None
+
+    def processor(self, folder: Path):
+        """The folder's video processor with these settings."""
+        from transformers import AutoVideoProcessor
+
+        processor = AutoVideoProcessor.from_pretrained(folder)
+        if self.size is not None:
+            processor.size = {"shortest_edge": self.size[0], "longest_edge": self.size[1]}
+        if self.flips is not None:
+            processor.test_time_flips = list(check_flips(self.flips)) or None
+        if self.mask_score_weighting is not None:
+            processor.mask_score_weighting = self.mask_score_weighting or None
+        return processor
+
+
+ORIGINAL_INFERENCE = InferenceSettings(flips=[], mask_score_weighting=False)  # one view, class scores only
 
 
 def evaluate_folder(folder: Path, seed: int = HELD_OUT_SEED, videos: int = HELD_OUT_VIDEOS,
-                    size: tuple[int, int] | None = None, flips: list[str] | None = None) -> dict[str, float]:  # fmt: skip
-    """The 12 YouTube-VIS metrics of the model in `folder` on the synthetic split of `seed` (at `size`, with
-    `flips`)."""
+                    settings: InferenceSettings = InferenceSettings()) -> dict[str, float]:  # fmt: skip
+    """The 12 YouTube-VIS metrics of the model in `folder` on the synthetic split of `seed`, run with `settings`."""
     model = VisTRForVideoInstanceSegmentation.from_pretrained(folder, dtype=torch.float32).eval()
     with tempfile.TemporaryDirectory() as scratch:
         data = Path(scratch) / "heldout"
         make_synthetic(data, videos, seed, progress=False)
-        return run_split(model, load_processor(folder, size, flips), data / "annotations.json", data / "JPEGImages",
+        return run_split(model, settings.processor(folder), data / "annotations.json", data / "JPEGImages",
                          Path(scratch) / "results.json", score=True, model_name=str(folder))  # fmt: skip
 
 
 def choose_inference_size(folder: Path, sizes: list[tuple[int, int]], videos: int,
-                          flips: list[str] | None = None) -> tuple[int, int]:  # fmt: skip
-    """The candidate size with the best AP on the tuning split (printed, one line per size)."""
+                          settings: InferenceSettings) -> tuple[int, int]:  # fmt: skip
+    """The candidate size with the best AP on the tuning split, with the other `settings` (one line per size)."""
     scores = {}
     for size in sizes:
-        scores[size] = evaluate_folder(folder, TUNING_SEED, videos, size, flips)["AP"]
+        scores[size] = evaluate_folder(folder, TUNING_SEED, videos, replace(settings, size=size))["AP"]
         print(json.dumps({"tuning_seed": TUNING_SEED, "size": list(size), "AP": scores[size]}))
     return max(sizes, key=scores.__getitem__)
 
@@ -90,11 +103,11 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def package(source: Path, run: Path, output: Path, metrics: dict[str, float], seed: int, videos: int,
-            size: tuple[int, int] | None = None, flips: list[str] | None = None,
-            single_view_ap: float | None = None) -> None:  # fmt: skip
+            settings: InferenceSettings, original_inference_ap: float | None = None) -> None:  # fmt: skip
     """Write the bundled folder next to `output` and rename it into place (an existing one is replaced)."""
     model = VisTRForVideoInstanceSegmentation.from_pretrained(source, dtype=torch.float32).eval()
-    processor = load_processor(source, size, flips)
+    processor = settings.processor(source)
+    size = settings.size
     state = json.loads((source / STATE_FILE).read_text()) if (source / STATE_FILE).is_file() else {}
     staging = output.with_name(output.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
@@ -115,8 +128,13 @@ def package(source: Path, run: Path, output: Path, metrics: dict[str, float], se
     if processor.test_time_flips:
         provenance += (f" `vistr segment` (also with `--annotations ... --evaluate`) and the pipeline average each clip's "
                        f"predictions with those of its flipped views (the processor's `test_time_flips`: "
-                       f"{', '.join(processor.test_time_flips)}; `--test-time-flips none` runs one view). The metrics "
-                       f"below are with them; one view scores AP {single_view_ap:.3f} on the same held-out split.")  # fmt: skip
+                       f"{', '.join(processor.test_time_flips)}; `--test-time-flips none` runs one view).")  # fmt: skip
+    if processor.mask_score_weighting:
+        provenance += (" Post-processing multiplies each instance's score by the mean probability inside its masks "
+                       "(the processor's `mask_score_weighting`, Mask2Former's rule).")  # fmt: skip
+    if original_inference_ap is not None:
+        provenance += (f" The metrics below are with these settings; run as the original runs a model (one view, "
+                       f"class scores only), it scores AP {original_inference_ap:.3f} on the same held-out split.")  # fmt: skip
     card = build_model_card(model.config, name=output.name, provenance=provenance, datasets=["synthetic-youtube-vis"],
                             metrics=metrics, metrics_split=held_out_split(seed, videos))  # fmt: skip
     save_model_card(staging, card)
@@ -138,18 +156,24 @@ def main() -> None:
                         help="candidate processor sizes, chosen by AP on the tuning split (default: the source's)")  # fmt: skip
     parser.add_argument("--test-time-flips", nargs="+", choices=list(FLIP_DIMS), metavar="FLIP",
                         help="flips the processor averages with each clip (horizontal, vertical, both; default: the source's)")  # fmt: skip
+    parser.add_argument("--mask-score-weighting", action=argparse.BooleanOptionalAction,
+                        help="scores times mask confidence in post-processing (default: the source's)")  # fmt: skip
     args = parser.parse_args()
     start = time.perf_counter()
-    flips = args.test_time_flips
-    size = choose_inference_size(args.source, args.inference_sizes, args.videos, flips) if args.inference_sizes else None
-    metrics = evaluate_folder(args.source, args.seed, args.videos, size, flips)
-    averages_flips = bool(load_processor(args.source, size, flips).test_time_flips)
-    single_view_ap = evaluate_folder(args.source, args.seed, args.videos, size, [])["AP"] if averages_flips else None
-    print(json.dumps({"source": str(args.source), "size": size, "flips": flips, "single_view_AP": single_view_ap,
+    settings = InferenceSettings(flips=args.test_time_flips, mask_score_weighting=args.mask_score_weighting)
+    if args.inference_sizes:
+        settings = replace(settings, size=choose_inference_size(args.source, args.inference_sizes, args.videos, settings))
+    metrics = evaluate_folder(args.source, args.seed, args.videos, settings)
+    processor = settings.processor(args.source)
+    original_inference_ap = None
+    if processor.test_time_flips or processor.mask_score_weighting:
+        original = replace(ORIGINAL_INFERENCE, size=settings.size)
+        original_inference_ap = evaluate_folder(args.source, args.seed, args.videos, original)["AP"]
+    print(json.dumps({"source": str(args.source), "settings": asdict(settings), "original_inference_AP": original_inference_ap,
                       "seconds": round(time.perf_counter() - start, 1), **metrics}))  # fmt: skip
     if not args.evaluate_only:
-        package(args.source, args.run or args.source.parent.parent, args.output, metrics, args.seed, args.videos, size,
-                flips, single_view_ap)  # fmt: skip
+        package(args.source, args.run or args.source.parent.parent, args.output, metrics, args.seed, args.videos,
+                settings, original_inference_ap)  # fmt: skip
         print(f"wrote {args.output}")
 
 

@@ -280,7 +280,7 @@ def _segment_split(args: argparse.Namespace) -> None:
     _check_stride(args.stride, model)
     run_split(model, processor, args.annotations, args.frames_root, args.output, zip_path=args.zip,
               score=args.evaluate, stride=args.stride, mask_threshold=args.mask_threshold, model_name=args.model,
-              test_time_flips=args.test_time_flips)  # fmt: skip
+              test_time_flips=args.test_time_flips, mask_score_weighting=args.mask_score_weighting)  # fmt: skip
 
 
 def _segment_inputs(args: argparse.Namespace, model, processor, results_file: Path, overlay_files: list[Path]) -> None:
@@ -293,7 +293,7 @@ def _segment_inputs(args: argparse.Namespace, model, processor, results_file: Pa
     from vistr.video_io import iter_frames, video_fps
 
     segmenter = VideoSegmenter(model, processor, stride=args.stride, mask_threshold=args.mask_threshold,
-                               test_time_flips=args.test_time_flips)  # fmt: skip
+                               test_time_flips=args.test_time_flips, mask_score_weighting=args.mask_score_weighting)  # fmt: skip
     videos = []
     with tqdm(args.inputs, desc="videos", unit="video") as bar:
         for source in bar:
@@ -397,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--test-time-flips", nargs="+", choices=[*FLIP_DIMS, "none"], metavar="FLIP",
                          help="average each clip's predictions with these flipped views (horizontal, vertical, both), "
                               "or none for one view (default: the model folder's processor setting)")  # fmt: skip
+    segment.add_argument("--mask-score-weighting", action=argparse.BooleanOptionalAction,
+                         help="multiply each instance's score by its mean mask probability (Mask2Former's rule; "
+                              "default: the model folder's processor setting)")  # fmt: skip
     segment.set_defaults(handler=_segment)
 
     synthetic = commands.add_parser("make-synthetic", help="write a synthetic YouTube-VIS folder (frames + annotations)")

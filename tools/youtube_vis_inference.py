@@ -253,11 +253,12 @@ def run_split(
     mask_threshold: float = 0.5,
     model_name: str = "",
     test_time_flips: Sequence[str] | None = None,
+    mask_score_weighting: bool | None = None,
 ) -> dict | None:
     """The whole job on this process's share of the videos; the main process writes the results.
 
-    `test_time_flips`: as `VideoSegmenter` takes them (None: the processor's). Returns the 12 metrics when
-    `score` is set (main process), else None.
+    `test_time_flips`, `mask_score_weighting`: as `VideoSegmenter` takes them (None: the processor's).
+    Returns the 12 metrics when `score` is set (main process), else None.
     """
     from accelerate import PartialState
 
@@ -271,10 +272,11 @@ def run_split(
     output = Path(output)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")  # resuming in another precision would mix
     segmenter = VideoSegmenter(model, processor, stride=stride, mask_threshold=mask_threshold,
-                               test_time_flips=test_time_flips)  # fmt: skip
+                               test_time_flips=test_time_flips, mask_score_weighting=mask_score_weighting)  # fmt: skip
     settings = {"annotations": str(Path(annotation_file).resolve()), "model": model_name, "stride": stride,
                 "mask_threshold": mask_threshold, "dtype": dtype,
-                "test_time_flips": list(segmenter.test_time_flips)}  # fmt: skip
+                "test_time_flips": list(segmenter.test_time_flips),
+                "mask_score_weighting": segmenter.mask_score_weighting}  # fmt: skip
     parts = PartsFolder(output, settings)
     if state.is_main_process:
         parts.prepare()
