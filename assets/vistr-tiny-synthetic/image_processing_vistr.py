@@ -280,6 +280,14 @@ def frame_rle(mask: torch.Tensor, score: float | None) -> dict | None:
     return None if score is None or score < MIN_FRAME_SCORE else encode_rle(mask)
 
 
+def mask_confidence(mask_logits: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask logits [..., h, w] -> per mask, the sum of the probabilities of the cells above `threshold` and
+    their count: how sure the model is of the mask it draws (Mask2Former weights instance scores by the mean)."""
+    probabilities = mask_logits.float().sigmoid()
+    inside = probabilities > threshold
+    return (probabilities * inside).sum((-2, -1)), inside.sum((-2, -1))
+
+
 @dataclass
 class _Track:
     """One instance through a video: per frame its class score, class and mask (bool tensor, or RLE)."""
@@ -289,6 +297,8 @@ class _Track:
     labels: dict[int, int] = field(default_factory=dict)
     masks: dict[int, torch.Tensor | dict | None] = field(default_factory=dict)
     nonempty: bool = False
+    # per frame: the mask probabilities summed over the cells above the mask threshold, and how many cells
+    mask_confidence: dict[int, tuple[float, int]] = field(default_factory=dict)
 
 
 class ClipStitcher:
@@ -298,10 +308,12 @@ class ClipStitcher:
     (Hungarian matching, at least `min_link_iou`; others start new tracks), so an object keeps one id through
     the video. Each frame takes its scores, labels and masks from the first clip that covers it. With
     `mask_format="rle"` masks are encoded as soon as they are final, so memory does not grow with full masks.
+    With `mask_score_weighting` an instance's score is also multiplied by its mask confidence (`mask_confidence`).
     """
 
     def __init__(self, target_size: Sequence[int] | None = None, processed_size: Sequence[int] | None = None,
-                 mask_threshold: float = 0.5, mask_format: str = "bool", min_link_iou: float = MIN_LINK_IOU):
+                 mask_threshold: float = 0.5, mask_format: str = "bool", min_link_iou: float = MIN_LINK_IOU,
+                 mask_score_weighting: bool = False):  # fmt: skip
         if mask_format not in ("bool", "rle"):
             raise ValueError(f"mask_format={mask_format!r}: use 'bool' (mask tensors) or 'rle' (COCO run-length code)")
         self.target_size = None if target_size is None else tuple(int(s) for s in target_size)
@@ -309,6 +321,7 @@ class ClipStitcher:
         self.mask_threshold = mask_threshold
         self.mask_format = mask_format
         self.min_link_iou = min_link_iou
+        self.mask_score_weighting = mask_score_weighting
         self.tracks: list[_Track] = []
         self._done: set[int] = set()
         self._previous: dict[int, torch.Tensor] = {}  # frame -> the previous clip's binary mask logits [n, h, w]
@@ -332,6 +345,7 @@ class ClipStitcher:
             binary, nonempty = VisTRVideoProcessor._frame_masks_and_nonempty(
                 masks[chosen], self._size, None, self.mask_threshold
             )
+            confidence = mask_confidence(masks[chosen], self.mask_threshold)
             for k, (frame, position) in enumerate(zip(new_frames, chosen)):
                 for slot, track in enumerate(slot_tracks):
                     score = scores[position, slot]
@@ -339,6 +353,7 @@ class ClipStitcher:
                     mask = binary[k, slot]
                     track.masks[frame] = mask if self.mask_format == "bool" else frame_rle(mask, float(score))
                     track.nonempty = track.nonempty or bool(nonempty[k, slot])
+                    track.mask_confidence[frame] = (float(confidence[0][k, slot]), int(confidence[1][k, slot]))
             self._done.update(new_frames)
         self._previous = {frame: masks[position] > 0 for frame, position in positions.items()}
         self._previous_tracks = slot_tracks
@@ -365,11 +380,14 @@ class ClipStitcher:
     def instances(self, threshold: float = 0.0, id2label: Mapping[int, str] | None = None) -> list[dict]:
         """The tracks with a mask in some frame and a score of at least `threshold`, in id order, each with
         `id`, `score`, `label` (class id), `label_name` (None without `id2label`), `frame_scores` [L] and
-        `masks` bool [L, H, W] or, for "rle", `segmentations` (per frame RLE or None, as YouTube-VIS results)."""
+        `masks` bool [L, H, W] or, for "rle", `segmentations` (per frame RLE or None, as YouTube-VIS results).
+        The score is the mean of the frame scores, times the track's mask confidence with `mask_score_weighting`."""
         found = []
         for track in self.tracks:
             frames = sorted(track.scores)  # a track that starts in a later clip covers the frames from there on
             score = float(torch.stack([track.scores[frame] for frame in frames]).mean())
+            if self.mask_score_weighting:
+                score *= self._track_mask_confidence(track)
             if not track.nonempty or score < threshold:
                 continue
             label = VisTRVideoProcessor.majority_label(torch.tensor([track.labels[frame] for frame in frames]))
@@ -381,6 +399,12 @@ class ClipStitcher:
                 **({"masks": torch.stack(masks)} if self.mask_format == "bool" else {"segmentations": masks}),
             })  # fmt: skip
         return found
+
+    @staticmethod
+    def _track_mask_confidence(track: _Track) -> float:
+        """The mean mask probability over all the track's mask cells (0 without any)."""
+        total, cells = (sum(values) for values in zip(*track.mask_confidence.values()))
+        return total / cells if cells else 0.0
 
     def _no_mask(self) -> torch.Tensor | None:
         """A frame before a track began: an empty mask, or no segmentation."""
@@ -396,6 +420,7 @@ class VisTRVideoProcessorKwargs(VideosKwargs, total=False):
     num_queries_per_frame: int
     stride: int
     test_time_flips: list[str]
+    mask_score_weighting: bool
 
 
 class VideoClips:
@@ -450,6 +475,9 @@ class VisTRVideoProcessor(BaseVideoProcessor):
         test_time_flips (`list[str]`, *optional*): flips ("horizontal", "vertical", "both") whose predictions
             `VideoSegmenter` (`vistr segment`, `vistr evaluate`, the pipeline) averages with the plain view's
             (flip_averaging.py); None: one view, as the original. Preprocessing itself ignores it.
+        mask_score_weighting (`bool`, *optional*): post-processing multiplies each instance's score by the mean
+            mask probability inside its masks, as Mask2Former's does, so that confident masks rank first (the
+            original: no weighting, None).
 
     Frame sampling and cropping options (`do_sample_frames`, `fps`, `do_center_crop`, ...) raise: VisTR
     covers every frame of whole frames.
@@ -473,12 +501,13 @@ class VisTRVideoProcessor(BaseVideoProcessor):
     pad_size_divisor = 1
     num_queries_per_frame = 10
     test_time_flips = None
+    mask_score_weighting = None
 
     def __init__(self, **kwargs):
         unknown = sorted(set(kwargs) - set(self.valid_kwargs.__annotations__) - BOOKKEEPING_KEYS)
         if unknown:
             raise TypeError(f"VisTRVideoProcessor got unknown settings {unknown}; it takes "
-                            f"{sorted(PREPROCESS_OPTIONS)}, num_queries_per_frame and test_time_flips")  # fmt: skip
+                            f"{sorted(PREPROCESS_OPTIONS)}, num_queries_per_frame, test_time_flips and mask_score_weighting")  # fmt: skip
         super().__init__(**kwargs)
         self.test_time_flips = list(check_flips(self.test_time_flips)) or None  # saved only when there are some
         self.preprocess_options({})  # a setting it cannot honour fails here, not at the first call
@@ -636,6 +665,10 @@ class VisTRVideoProcessor(BaseVideoProcessor):
         masks, nonempty = upsample_and_threshold(mask_logits.reshape(-1, *mask_logits.shape[-2:]), size, threshold)
         return masks.reshape(*leading, *size), nonempty.reshape(leading)
 
+    def weights_scores_by_mask(self, mask_score_weighting: bool | None = None) -> bool:
+        """`mask_score_weighting` as given, else the processor's setting (None: no weighting)."""
+        return bool(self.mask_score_weighting if mask_score_weighting is None else mask_score_weighting)
+
     @staticmethod
     def frame_class_scores(logits: torch.Tensor, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits [T*n, C+1] -> per frame and slot: best real-class probability and its class, each [T, n]."""
@@ -667,6 +700,7 @@ class VisTRVideoProcessor(BaseVideoProcessor):
         clip_layout: Mapping | None = None,
         mask_format: str = "bool",
         id2label: Mapping[int, str] | None = None,
+        mask_score_weighting: bool | None = None,
     ) -> list[list[dict]]:
         """
         Model outputs on a batch of clips -> the instances of each video, over all its frames (DETR's
@@ -683,6 +717,7 @@ class VisTRVideoProcessor(BaseVideoProcessor):
             mask_format: "bool" (`masks` bool [L, H, W]) or "rle" (`segmentations`: per-frame COCO RLE, None
                 where the frame scores below 0.001, as in the YouTube-VIS results).
             id2label: class names (`model.config.id2label`) for `label_name`.
+            mask_score_weighting: multiply each score by its mask confidence (default: the processor's setting).
         Returns:
             Per video, its instances in id order, each a dict with `id`, `score`, `label` (class id),
             `label_name`, `frame_scores` [L] and `masks` or `segmentations`.
@@ -698,7 +733,8 @@ class VisTRVideoProcessor(BaseVideoProcessor):
         for video in range(max(layout.video_indices) + 1):
             stitcher = ClipStitcher(None if sizes is None else sizes[video],
                                     None if layout.processed_sizes is None else layout.processed_sizes[video],
-                                    mask_threshold, mask_format)  # fmt: skip
+                                    mask_threshold, mask_format, mask_score_weighting=self.weights_scores_by_mask(
+                                        mask_score_weighting))  # fmt: skip
             for clip in layout.clips_of(video):
                 stitcher.add_clip(layout.frame_indices[clip], logits[clip], pred_masks[clip])
             results.append(stitcher.instances(threshold, id2label))

@@ -42,17 +42,19 @@ class VideoSegmenter:
 
     `threshold` 0 keeps every instance (the YouTube-VIS results); `clips_per_forward` clips go through the
     model at once; `mask_format` as for `post_process_instance_segmentation` ("rle" by default: the memory
-    of a long video stays small); `test_time_flips` (default: the processor's) are averaged with each clip.
+    of a long video stays small); `test_time_flips` (default: the processor's) are averaged with each clip;
+    `mask_score_weighting` (default: the processor's) multiplies scores by mask confidence.
     """
 
     def __init__(self, model, processor: VisTRVideoProcessor, stride: int | None = None, mask_threshold: float = 0.5,
                  threshold: float = 0.0, clips_per_forward: int = 1, mask_format: str = "rle", device=None, dtype=None,
-                 test_time_flips: Sequence[str] | None = None):  # fmt: skip
+                 test_time_flips: Sequence[str] | None = None, mask_score_weighting: bool | None = None):  # fmt: skip
         self.model = model
         self.processor = processor
         self.num_frames = model.config.num_frames
         self.stride = clip_stride(self.num_frames, stride)
         self.test_time_flips = check_flips(processor.test_time_flips if test_time_flips is None else test_time_flips)
+        self.mask_score_weighting = processor.weights_scores_by_mask(mask_score_weighting)
         if clips_per_forward < 1:
             raise ValueError(f"batch_size={clips_per_forward} must be at least 1 (clips per forward)")
         self.mask_threshold, self.threshold, self.mask_format = mask_threshold, threshold, mask_format
@@ -68,7 +70,8 @@ class VideoSegmenter:
             outputs = self._predict(torch.stack([pixels for _, pixels in batch]))
             if stitcher is None:
                 sizes = (clips.original_size, clips.processed_size)
-                stitcher = ClipStitcher(*sizes, self.mask_threshold, self.mask_format)
+                stitcher = ClipStitcher(*sizes, self.mask_threshold, self.mask_format,
+                                        mask_score_weighting=self.mask_score_weighting)  # fmt: skip
             for index, (frames, _) in enumerate(batch):
                 stitcher.add_clip(frames, outputs.logits[index], outputs.pred_masks[index])
                 if on_clip:
@@ -109,8 +112,9 @@ class VideoInstanceSegmentationPipeline(Pipeline):
     `post_process_instance_segmentation` of that video: instances with `id`, `score`, `label` (class id),
     `label_name`, `frame_scores` and per-frame `masks` (bool [L, H, W]) or, with `mask_format="rle"`,
     `segmentations`. Options: `threshold`, `mask_threshold`, `stride` (frames between clips), `batch_size`
-    (clips per forward), `mask_format`, `test_time_flips` (default: the processor's; [] for one view);
-    `device` and `dtype` when creating it. Unknown options raise.
+    (clips per forward), `mask_format`, `test_time_flips` (default: the processor's; [] for one view),
+    `mask_score_weighting` (default: the processor's); `device` and `dtype` when creating it. Unknown
+    options raise.
     """
 
     _load_processor = False
@@ -132,12 +136,14 @@ class VideoInstanceSegmentationPipeline(Pipeline):
         return super().__call__(inputs, batch_size=1, clips_per_forward=clips_per_forward, **kwargs)
 
     def _sanitize_parameters(self, threshold=None, mask_threshold=None, stride=None, mask_format=None,
-                             clips_per_forward=None, test_time_flips=None, **unknown):
+                             clips_per_forward=None, test_time_flips=None, mask_score_weighting=None, **unknown):
         if unknown:
             raise TypeError(f"unexpected pipeline arguments {sorted(unknown)}; it takes threshold, mask_threshold, "
-                            "stride, batch_size, mask_format and test_time_flips (and device, dtype when created)")  # fmt: skip
+                            "stride, batch_size, mask_format, test_time_flips and mask_score_weighting (and device, dtype when "
+                            "created)")  # fmt: skip
         given = {"threshold": threshold, "mask_threshold": mask_threshold, "stride": stride, "mask_format": mask_format,
-                 "clips_per_forward": clips_per_forward, "test_time_flips": test_time_flips}  # fmt: skip
+                 "clips_per_forward": clips_per_forward, "test_time_flips": test_time_flips,
+                 "mask_score_weighting": mask_score_weighting}  # fmt: skip
         return {}, {name: value for name, value in given.items() if value is not None}, {}
 
     def preprocess(self, video):
