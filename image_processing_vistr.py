@@ -345,7 +345,8 @@ class ClipStitcher:
             binary, nonempty = VisTRVideoProcessor._frame_masks_and_nonempty(
                 masks[chosen], self._size, None, self.mask_threshold
             )
-            confidence = mask_confidence(masks[chosen], self.mask_threshold)
+            if self.mask_score_weighting:
+                probability_sums, cells = mask_confidence(masks[chosen], self.mask_threshold)
             for k, (frame, position) in enumerate(zip(new_frames, chosen)):
                 for slot, track in enumerate(slot_tracks):
                     score = scores[position, slot]
@@ -353,7 +354,8 @@ class ClipStitcher:
                     mask = binary[k, slot]
                     track.masks[frame] = mask if self.mask_format == "bool" else frame_rle(mask, float(score))
                     track.nonempty = track.nonempty or bool(nonempty[k, slot])
-                    track.mask_confidence[frame] = (float(confidence[0][k, slot]), int(confidence[1][k, slot]))
+                    if self.mask_score_weighting:
+                        track.mask_confidence[frame] = (float(probability_sums[k, slot]), int(cells[k, slot]))
             self._done.update(new_frames)
         self._previous = {frame: masks[position] > 0 for frame, position in positions.items()}
         self._previous_tracks = slot_tracks
@@ -403,7 +405,8 @@ class ClipStitcher:
     @staticmethod
     def _track_mask_confidence(track: _Track) -> float:
         """The mean mask probability over all the track's mask cells (0 without any)."""
-        total, cells = (sum(values) for values in zip(*track.mask_confidence.values()))
+        total = sum(probability_sum for probability_sum, _ in track.mask_confidence.values())
+        cells = sum(count for _, count in track.mask_confidence.values())
         return total / cells if cells else 0.0
 
     def _no_mask(self) -> torch.Tensor | None:
