@@ -6,7 +6,7 @@ double flip). The views do not share slot order (DETR slots specialise by positi
 picked up by another slot): each flipped view's slots are first matched to the plain view's by soft mask IoU
 over the whole clip (Hungarian), and only then are class probabilities, mask logits and boxes averaged.
 
-`VideoSegmenter` (so `vistr segment`, `vistr evaluate` and the pipeline) averages the flips its processor's
+`VideoSegmenter` (so `vistr segment`, also with `--annotations ... --evaluate`, and the pipeline) averages the flips its processor's
 `test_time_flips` names. None, the default, is the original's single view; a plain `model(**processor(video))`
 is always one view. Flipping is exact when the clip's sides are multiples of 4 (the masks' stride); otherwise
 a mirrored mask lands within one stride-4 cell of its place.
@@ -38,28 +38,34 @@ def check_flips(flips: Iterable[str] | None) -> tuple[str, ...]:
 
 
 def soft_mask_iou(masks: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """Mask logits [n, ...] and [m, ...] -> [n, m] IoU of their probabilities (sum of products over union)."""
-    first, second = masks.flatten(1).sigmoid(), other.flatten(1).sigmoid()
-    intersection = first @ second.T
-    union = first.sum(1)[:, None] + second.sum(1)[None] - intersection
+    """Mask logits [..., n, P] and [..., m, P] -> [..., n, m] IoU of their probabilities (sum of products over
+    union)."""
+    first, second = masks.sigmoid(), other.sigmoid()
+    intersection = first @ second.transpose(-2, -1)
+    union = first.sum(-1)[..., :, None] + second.sum(-1)[..., None, :] - intersection
     return intersection / union.clamp(min=1e-6)
 
 
 def matching_queries(reference_masks: torch.Tensor, masks: torch.Tensor, num_queries_per_frame: int) -> torch.Tensor:
-    """One clip's mask logits [T*n, h, w] of two views -> the index into `masks`' queries that puts, at each
-    query of the reference, the same frame's query of the slot matched to its slot (Hungarian on soft IoU)."""
+    """Clips' mask logits [N, T*n, h, w] of two views -> per clip, the index [N, T*n] into `masks`' queries that
+    puts, at each query of the reference, the same frame's query of the slot matched to its slot (Hungarian on
+    soft IoU over the clip; one transfer to the host for all clips)."""
     from scipy.optimize import linear_sum_assignment
 
+    clips, queries = reference_masks.shape[:2]
     slots = num_queries_per_frame
-    frames = reference_masks.shape[0] // slots
+    frames = queries // slots
 
-    def per_slot(clip_masks: torch.Tensor) -> torch.Tensor:  # [T*n, h, w] -> [n, T*h*w]
-        return clip_masks.unflatten(0, (frames, slots)).transpose(0, 1).flatten(1)
+    def per_slot(clip_masks: torch.Tensor) -> torch.Tensor:  # [N, T*n, h, w] -> [N, n, T*h*w]
+        return clip_masks.unflatten(1, (frames, slots)).transpose(1, 2).flatten(2)
 
-    iou = soft_mask_iou(per_slot(reference_masks), per_slot(masks))
-    reference_slots, view_slots = linear_sum_assignment(iou.numpy(), maximize=True)
-    slot_of_view = torch.as_tensor(view_slots)[torch.as_tensor(reference_slots).argsort()]
-    return (torch.arange(frames)[:, None] * slots + slot_of_view[None]).flatten()
+    ious = soft_mask_iou(per_slot(reference_masks), per_slot(masks)).cpu().numpy()
+    slot_of_view = torch.empty(clips, slots, dtype=torch.long)
+    for clip, iou in enumerate(ious):
+        reference_slots, view_slots = linear_sum_assignment(iou, maximize=True)
+        slot_of_view[clip, torch.as_tensor(reference_slots)] = torch.as_tensor(view_slots)
+    order = torch.arange(frames)[None, :, None] * slots + slot_of_view[:, None, :]
+    return order.flatten(1).to(masks.device)
 
 
 def unflip_boxes(boxes: torch.Tensor, flip: str) -> torch.Tensor:
@@ -83,14 +89,11 @@ def flip_averaged(predict: Callable[[torch.Tensor], object], pixel_values: torch
         dims = FLIP_DIMS[flip]
         view = predict(pixel_values.flip(dims))
         view_masks, view_boxes = view.pred_masks.float().flip(dims), unflip_boxes(view.pred_boxes.float(), flip)
-        view_probabilities = view.logits.float().softmax(-1)
-        for clip in range(pixel_values.shape[0]):
-            order = matching_queries(masks[0][clip], view_masks[clip], num_queries_per_frame)
-            view_masks[clip], view_boxes[clip] = view_masks[clip][order], view_boxes[clip][order]
-            view_probabilities[clip] = view_probabilities[clip][order]
-        probabilities.append(view_probabilities)
-        masks.append(view_masks)
-        boxes.append(view_boxes)
+        order = matching_queries(masks[0], view_masks, num_queries_per_frame)
+        clip = torch.arange(order.shape[0], device=order.device)[:, None]
+        probabilities.append(view.logits.float().softmax(-1)[clip, order])
+        masks.append(view_masks[clip, order])
+        boxes.append(view_boxes[clip, order])
     outputs.logits = torch.stack(probabilities).mean(0).clamp(min=torch.finfo(torch.float32).tiny).log()
     outputs.pred_masks = torch.stack(masks).mean(0)
     outputs.pred_boxes = torch.stack(boxes).mean(0)

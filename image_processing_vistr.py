@@ -346,7 +346,7 @@ class ClipStitcher:
                 masks[chosen], self._size, None, self.mask_threshold
             )
             if self.mask_score_weighting:
-                probability_sums, cells = mask_confidence(masks[chosen], self.mask_threshold)
+                probability_sums, cells = (t.tolist() for t in mask_confidence(masks[chosen], self.mask_threshold))
             for k, (frame, position) in enumerate(zip(new_frames, chosen)):
                 for slot, track in enumerate(slot_tracks):
                     score = scores[position, slot]
@@ -355,7 +355,7 @@ class ClipStitcher:
                     track.masks[frame] = mask if self.mask_format == "bool" else frame_rle(mask, float(score))
                     track.nonempty = track.nonempty or bool(nonempty[k, slot])
                     if self.mask_score_weighting:
-                        track.mask_confidence[frame] = (float(probability_sums[k, slot]), int(cells[k, slot]))
+                        track.mask_confidence[frame] = (probability_sums[k][slot], cells[k][slot])
             self._done.update(new_frames)
         self._previous = {frame: masks[position] > 0 for frame, position in positions.items()}
         self._previous_tracks = slot_tracks
@@ -476,7 +476,7 @@ class VisTRVideoProcessor(BaseVideoProcessor):
         pad_size_divisor (`int`): pad height and width of a batch to a multiple of this (1: just the largest frame).
         num_queries_per_frame (`int`): the model's instance slots per frame, to split outputs without a clip layout.
         test_time_flips (`list[str]`, *optional*): flips ("horizontal", "vertical", "both") whose predictions
-            `VideoSegmenter` (`vistr segment`, `vistr evaluate`, the pipeline) averages with the plain view's
+            `VideoSegmenter` (`vistr segment`, the pipeline) averages with the plain view's
             (flip_averaging.py); None: one view, as the original. Preprocessing itself ignores it.
         mask_score_weighting (`bool`, *optional*): post-processing multiplies each instance's score by the mean
             mask probability inside its masks, as Mask2Former's does, so that confident masks rank first (the

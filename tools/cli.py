@@ -24,7 +24,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from vistr import convert_checkpoint
-from vistr.flip_averaging import FLIP_DIMS
+from vistr.flip_averaging import FLIP_DIMS, check_flips
 from vistr.tools import evaluation_youtube_vis, youtube_vis
 from vistr.tools.outputs import (
     OVERLAY_SUFFIXES,
@@ -235,9 +235,10 @@ def _test_time_flips(names: list[str] | None) -> list[str] | None:
         if len(names) > 1:
             raise UsageError(f"--test-time-flips {' '.join(names)}: `none` (one view) goes alone; name flips or none")
         return []
-    if len(set(names)) != len(names):
-        raise UsageError(f"--test-time-flips {' '.join(names)}: name each flip at most once")
-    return names
+    try:
+        return list(check_flips(names))
+    except ValueError as error:
+        raise UsageError(f"--test-time-flips {' '.join(names)}: {error}") from None
 
 
 def _check_segment_options(args: argparse.Namespace) -> None:
