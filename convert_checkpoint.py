@@ -317,6 +317,11 @@ def initialization_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor
     mask head, and its class and query embeddings have other shapes) and reports the rest.
     """
     state, _ = load_original_checkpoint(path)
+    return initialization_weights(state, path)
+
+
+def initialization_weights(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """`initialization_state_dict` of a checkpoint already loaded (`load_original_checkpoint`)."""
     renamed = {}
     for name, tensor in state.items():
         name = name.removeprefix("detr.")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import logging
 import math
 import os
 import shlex
@@ -33,19 +34,27 @@ from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from vistr.configuration_vistr import VisTRConfig
-from vistr.convert_checkpoint import initialization_state_dict
-from vistr.image_processing_vistr import VisTRVideoProcessor
+from vistr.image_processing_vistr import VisTRVideoProcessor, processor_for_model
 from vistr.model_card import build_model_card, file_sha256, push_to_hub, save_model_card, save_model_folder
 from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation
 from vistr.pipeline_vistr import VideoSegmenter
 from vistr.tools.backbone_pretraining import BoxClassifier, pretrain_backbone
 from vistr.tools.cli import debug_requested, run_reporting_errors
 from vistr.tools.evaluation_youtube_vis import score_results
-from vistr.tools.outputs import Outputs, UsageError, finite_or_none, non_negative_int, replace_folder
+from vistr.tools.model_source import (
+    build_config,
+    check_mostly_loaded,
+    classes_differ,
+    load_fitting_weights,
+    read_config_file,
+    read_model_source,
+)
+from vistr.tools.outputs import Outputs, UsageError, finite_or_none, non_negative_int, positive_int, replace_folder
 from vistr.tools.training_data import AugmentationOptions, TrainTransform, VisTRClipDataset, collate_fn
 from vistr.tools.youtube_vis import load_youtube_vis, read_json, split_by_video_id
 
-logger = get_logger(__name__)
+LOGGER_NAME = "vistr.train"  # not __name__: run as a script, that is "__main__"
+logger = get_logger(LOGGER_NAME)
 
 STATE_FILE = "training_state.json"
 
@@ -70,6 +79,12 @@ MODEL_OPTIONS = (
     ("mask_loss_coefficient", float, "weight of the mask focal loss (raise it to favour sharper masks)"),
     ("dice_loss_coefficient", float, "weight of the mask dice loss"),
 )
+# VisTRConfig switches the command line sets (--name / --no-name).
+SWITCH_OPTIONS = (
+    ("pre_norm", "pre-norm transformer layers (steadier from scratch)"),
+    ("dilation", "DC5: last ResNet stage dilated, stride 16 features"),
+    ("absent_frame_mask_loss", "train masks to be empty where their instance is absent (the original: no loss there)"),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,14 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--crop-max-size", type=int, default=600, help="largest random crop side")
     data.add_argument("--num-workers", type=int, default=0)
 
-    model = parser.add_argument_group("model")
-    model.add_argument("--init-from", help="original VisTR/DETR .pth or a converted folder to start from")
+    model = parser.add_argument_group(
+        "model", "The --init-from model (or --config) decides the architecture and the processor; each option "
+                 "below overrides one field of it (default: the source's value, else the released R50's)."
+    )  # fmt: skip
+    model.add_argument("--init-from", help="a model folder, a Hub id, or an original VisTR/DETR .pth to start from")
+    model.add_argument("--config", help="a VisTR config.json describing the model to train from scratch")
+    model.add_argument("--allow-partial-init", action="store_true",
+                       help="train even when --init-from fills less than half of the model's weights")
     for name, kind, help_text in MODEL_OPTIONS:
-        model.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(VisTRConfig, name), help=help_text)
-    model.add_argument("--pre-norm", action="store_true", help="pre-norm transformer layers (steadier from scratch)")
-    model.add_argument("--dilation", action="store_true", help="DC5: last ResNet stage dilated, stride 16 features")
-    model.add_argument("--absent-frame-mask-loss", action="store_true",
-                       help="train masks to be empty where their instance is absent (the original: no loss there)")
+        model.add_argument("--" + name.replace("_", "-"), type=kind, help=f"{help_text} ({getattr(VisTRConfig, name)})")
+    for name, help_text in SWITCH_OPTIONS:
+        model.add_argument("--" + name.replace("_", "-"), action=argparse.BooleanOptionalAction, help=help_text)
     model.add_argument("--activation-checkpointing", action="store_true", help="recompute layers in backward")
 
     optim = parser.add_argument_group("optimization")
@@ -118,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("run")
     run.add_argument("--output-dir", required=True)
     run.add_argument("--checkpointing-steps", type=int, default=1000, help="save a resumable state every N steps")
+    run.add_argument("--checkpoints-total-limit", type=positive_int,
+                     help="keep only the newest N checkpoints (default: all)")
     run.add_argument("--resume-from-checkpoint", help="a checkpoint folder, or 'latest'")
     run.add_argument("--eval-every-epochs", type=int, default=1)
     run.add_argument("--logging-steps", type=int, default=10)
@@ -127,13 +148,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def model_config(args: argparse.Namespace, category_names: Mapping[int, str]) -> VisTRConfig:
-    """Classes are the data's category ids used as indices (0 unused unless a category has id 0)."""
+def model_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """The model fields given on the command line (None: not given, the source's value stays)."""
+    names = [name for name, _, _ in MODEL_OPTIONS] + [name for name, _ in SWITCH_OPTIONS]
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def model_config(
+    args: argparse.Namespace, category_names: Mapping[int, str], base: VisTRConfig | None = None
+) -> tuple[VisTRConfig, list[str]]:
+    """`base` (the source's architecture; the defaults where None) with the command line's overrides, and the
+    data's classes: category ids used as indices (0 unused unless a category has id 0). Also what the
+    overrides changed in `base`."""
     id2label = {index: category_names.get(index, "N/A") for index in range(max(category_names) + 1)}
-    fields = {name: getattr(args, name) for name, _, _ in MODEL_OPTIONS}
     try:
-        return VisTRConfig(**fields, pre_norm=args.pre_norm, dilation=args.dilation,
-                           absent_frame_mask_loss=args.absent_frame_mask_loss, id2label=id2label)
+        return build_config(base, model_overrides(args), id2label)
     except ValueError as error:  # the config lists its problems one per line, in its field names
         raise UsageError(f"the model options do not build a VisTR model: {as_options(error)}") from None
 
@@ -142,7 +171,7 @@ def as_options(error: ValueError) -> str:
     """A config's multi-line problem list as one line, each `field=value` written as the option `--field value`."""
     problems = [line.removeprefix("- ") for line in str(error).splitlines()[1:]] or [str(error)]
     message = "; ".join(problems)
-    for name, _, _ in MODEL_OPTIONS:
+    for name in [name for name, _, _ in MODEL_OPTIONS] + [name for name, _ in SWITCH_OPTIONS]:
         message = message.replace(f"{name}=", f"--{name.replace('_', '-')} ")
     return message
 
@@ -178,25 +207,6 @@ def augmentation_options(args: argparse.Namespace) -> AugmentationOptions:
 
 
 # ------------------------------------------------------------------------------------------------- model
-
-
-def load_initial_weights(model: VisTRForVideoInstanceSegmentation, source: str) -> list[str]:
-    """Copy every weight of `source` whose name and shape fit; returns what was left out, for the log.
-
-    Class and query embeddings whose shapes differ (other classes, frames or queries) are dropped, as the
-    original does when fine-tuning from DETR or from another VisTR.
-    """
-    if Path(source).is_dir():
-        state = VisTRForVideoInstanceSegmentation.from_pretrained(source).state_dict()
-    else:
-        state = initialization_state_dict(source)
-    own = model.state_dict()
-    fitting = {name: tensor for name, tensor in state.items() if name in own and own[name].shape == tensor.shape}
-    model.load_state_dict(fitting, strict=False)
-    skipped = [f"{name} {list(state[name].shape)} (model {list(own[name].shape)})" for name in state
-               if name in own and name not in fitting]  # fmt: skip
-    missing = sorted(set(own) - set(state))
-    return skipped + [f"{name} (not in {Path(source).name})" for name in missing]
 
 
 def build_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
@@ -247,7 +257,8 @@ def evaluate_model(model, processor: VisTRVideoProcessor, rows, annotations: Map
 
 
 def save_checkpoint(
-    accelerator: Accelerator, output_dir: Path, step: int, epoch: int, history: list[dict], model, processor
+    accelerator: Accelerator, output_dir: Path, step: int, epoch: int, history: list[dict], model, processor,
+    keep: int | None = None,
 ) -> None:
     """`accelerator.save_state` into a temporary folder, renamed into place once complete.
 
@@ -265,7 +276,17 @@ def save_checkpoint(
         (staging / STATE_FILE).write_text(json.dumps(state, allow_nan=False))
         save_model_folder(accelerator.unwrap_model(model), staging, processor)
         replace_folder(staging, final)  # the same step saved again replaces the old copy only once complete
+        if keep is not None:
+            remove_old_checkpoints(output_dir, keep)
     accelerator.wait_for_everyone()
+
+
+def remove_old_checkpoints(output_dir: Path, keep: int) -> None:
+    """Delete all but the newest `keep` complete checkpoints: only folders this trainer wrote (step-N holding
+    its state file), never anything else in the folder."""
+    ours = [path for path in sorted((output_dir / "checkpoints").glob("step-*[0-9]")) if (path / STATE_FILE).is_file()]
+    for path in ours[:-keep]:
+        shutil.rmtree(path)
 
 
 def latest_checkpoint(output_dir: Path) -> Path:
@@ -330,6 +351,7 @@ class Run:
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
             step_scheduler_with_optimizer=False,
         )
+        check_world_size(self.accelerator.num_processes)
         set_seed(args.seed)
         self.annotations = read_json(args.annotations or Path(args.data_root) / "annotations.json", "annotation file")
         dataset = load_youtube_vis(args.data_root, args.annotations)
@@ -337,21 +359,13 @@ class Run:
         self.validation_rows = splits["validation"]
         self.validation_truth = validation_annotations(self.annotations, set(self.validation_rows["video_id"]))
         categories = {c["id"]: c["name"] for c in self.annotations["categories"]}
-        self.config = model_config(args, categories)
-        self.model = VisTRForVideoInstanceSegmentation(self.config)
-        if args.init_from:
-            for line in load_initial_weights(self.model, args.init_from):
-                logger.info(f"not initialised from {args.init_from}: {line}")
-        else:
-            initialize_no_object_prior(self.model, object_fraction(self.annotations, self.config.num_queries_per_frame))
+        self.source = read_model_source(args.init_from, args.num_frames) if args.init_from else None
+        self.config, self.model = self._build_model(categories)
         if args.activation_checkpointing:
             self.model.activation_checkpointing_enable()
         options = augmentation_options(args)
-        self.processor = VisTRVideoProcessor(
-            size={"shortest_edge": args.train_size, "longest_edge": args.train_max_size},
-            num_queries_per_frame=self.config.num_queries_per_frame,
-        )
-        clips = VisTRClipDataset(splits["train"], args.num_frames, TrainTransform(options), seed=args.seed)
+        self.processor = processor_for_model(self.config, self._source_processor())
+        clips = VisTRClipDataset(splits["train"], self.config.num_frames, TrainTransform(options), seed=args.seed)
         # its own generator: creating an iterator (as resuming does) must not draw from the global RNG,
         # which dropout uses
         loader = DataLoader(clips, batch_size=args.batch_size, shuffle=True, collate_fn=collate_fn,
@@ -359,14 +373,54 @@ class Run:
         self.clips, self.loader = clips, loader
         self.step, self.epoch, self.history, self.pretraining_history = 0, 0, [], []
 
+    def _build_model(self, categories: Mapping[int, str]) -> tuple[VisTRConfig, VisTRForVideoInstanceSegmentation]:
+        """The architecture of --config or the source, with the options' overrides (each reported) and the
+        data's classes; the source's weights where they fit (reported, refused when mostly missing)."""
+        args, source = self.args, self.source
+        base = read_config_file(args.config) if args.config else (source.config if source else None)
+        config, changes = model_config(args, categories, base)
+        for change in changes:
+            logger.warning(f"option overrides the {'--config' if args.config else '--init-from'} model: {change}")
+        model = VisTRForVideoInstanceSegmentation(config)
+        if source is None:
+            initialize_no_object_prior(model, object_fraction(self.annotations, config.num_queries_per_frame))
+            return config, model
+        drop_class_head = classes_differ(source.config, config)
+        if drop_class_head:
+            logger.warning(f"the data's {config.num_labels} classes are not the {source.config.num_labels} of "
+                           f"{source.name}: the class head starts fresh")  # fmt: skip
+        report = load_fitting_weights(model, source.weights, drop_class_head)
+        logger.warning(report.summary(args.init_from))
+        for line in report.details():
+            logger.warning(f"  {line}")
+        check_mostly_loaded(report, args.init_from, args.allow_partial_init)
+        return config, model
+
+    def _source_processor(self) -> VisTRVideoProcessor:
+        """The source's processor (its inference settings: resize, test-time flips, score weighting), or one
+        that resizes as the training clips are sized."""
+        if self.source is not None and self.source.processor is not None:
+            return self.source.processor
+        return VisTRVideoProcessor(size={"shortest_edge": self.args.train_size, "longest_edge": self.args.train_max_size})
+
     def prepare(self) -> None:
         """Optimizer and schedule of the VisTR steps; model, loader and both through accelerate."""
         optimizer = build_optimizer(self.model, self.args)
-        steps_per_epoch = math.ceil(len(self.loader) / self.args.gradient_accumulation_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_schedule(self.args, steps_per_epoch))
-        self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
-            self.model, optimizer, self.loader, scheduler
-        )
+        self.model, self.optimizer, self.loader = self.accelerator.prepare(self.model, optimizer, self.loader)
+        # accelerate closes the accumulation window at the end of each epoch: the last step may take fewer batches
+        self.steps_per_epoch = math.ceil(len(self.loader) / self.args.gradient_accumulation_steps)
+        schedule = learning_rate_schedule(self.args, self.steps_per_epoch)
+        self.scheduler = self.accelerator.prepare(torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule))
+        self._log_layout()
+
+    def _log_layout(self) -> None:
+        """World size, per-device and effective batch: what one optimizer step sees."""
+        args, accelerator = self.args, self.accelerator
+        effective = args.batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+        logger.info(f"{accelerator.num_processes} process(es) on {accelerator.device.type}: {args.batch_size} clip(s) "
+                    f"per process x {accelerator.num_processes} process(es) x {args.gradient_accumulation_steps} "
+                    f"accumulated = {effective} clip(s) per optimizer step; {len(self.loader)} batches and "
+                    f"{self.steps_per_epoch} optimizer steps per epoch")  # fmt: skip
 
     def pretrain_backbone(self) -> None:
         """Stage 1 from scratch: the backbone learns to classify the ground-truth boxes (see
@@ -398,8 +452,7 @@ class Run:
         self.accelerator.load_state(str(path))
         state = json.loads((path / STATE_FILE).read_text())
         self.step, self.epoch, self.history = state["step"], state["epoch"], state["history"]
-        batches_per_epoch = len(self.loader)
-        return self.step * self.args.gradient_accumulation_steps - self.epoch * batches_per_epoch
+        return (self.step - self.epoch * self.steps_per_epoch) * self.args.gradient_accumulation_steps
 
     def train_step(self, batch: dict) -> dict[str, float] | None:
         """Forward, backward, clip and step (when the accumulation window closes); the logged terms."""
@@ -434,11 +487,14 @@ class Run:
             if self.step % self.args.logging_steps == 0:
                 self.accelerator.log(logged | {"lr": self.scheduler.get_last_lr()[0]}, step=self.step)
             if self.step % self.args.checkpointing_steps == 0:
-                save_checkpoint(self.accelerator, self.output_dir, self.step, self.epoch, self.history, self.model,
-                                self.processor)
+                self.save_checkpoint()
             if self.finished():
                 return
         self.epoch += 1
+
+    def save_checkpoint(self) -> None:
+        save_checkpoint(self.accelerator, self.output_dir, self.step, self.epoch, self.history, self.model,
+                        self.processor, keep=self.args.checkpoints_total_limit)  # fmt: skip
 
     def evaluate(self) -> dict[str, float]:
         """Held-out metrics, computed by the main process while the others wait."""
@@ -448,7 +504,8 @@ class Run:
             metrics = evaluate_model(model, self.processor, self.validation_rows, self.validation_truth,
                                      disable_progress=False)  # fmt: skip
             self.accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=self.step)
-            logger.info(f"epoch {self.epoch} step {self.step}: " + json.dumps(metrics))
+            shown = ", ".join(f"{name} {value:.4f}" for name, value in metrics.items())
+            tqdm.write(f"evaluation after step {self.step} (epoch {self.epoch}): {shown}")
         self.accelerator.wait_for_everyone()
         return metrics
 
@@ -493,6 +550,26 @@ def check_outputs(args: argparse.Namespace) -> None:
                                                   replace_if="config.json")  # fmt: skip
 
 
+WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
+CPU_RECIPE = "ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N train_accelerate.py ..."
+
+
+def check_world_size(num_processes: int) -> None:
+    """The processes accelerate joined are the ones the launcher started, or one line that says how to launch.
+
+    Two launches go wrong without a word otherwise: `accelerate launch --cpu --num_processes 2` starts one
+    process (its simple launcher sets MASTER_ADDR and nothing else), and `--multi_gpu` without GPUs starts
+    several that each train alone and write the same files."""
+    launched = next((int(os.environ[name]) for name in WORLD_SIZE_VARIABLES if os.environ.get(name)), None)
+    if launched is None and os.environ.get("MASTER_ADDR") and num_processes == 1:
+        raise UsageError(f"a launcher asked for several processes (MASTER_ADDR is set) but started this one only, "
+                         f"as `accelerate launch --cpu` does; on CPU run `{CPU_RECIPE}`, or launch one process "
+                         "without --num_processes")  # fmt: skip
+    if launched is not None and launched != num_processes:
+        raise UsageError(f"the launcher started {launched} processes but accelerate joined them as {num_processes} "
+                         f"(no GPU for --multi_gpu?); on CPU run `{CPU_RECIPE}`")  # fmt: skip
+
+
 def train(args: argparse.Namespace) -> Path:
     check_outputs(args)
     run = Run(args)
@@ -512,7 +589,7 @@ def train(args: argparse.Namespace) -> Path:
             metrics = run.evaluate()
     if metrics is None:
         metrics = run.evaluate()
-    save_checkpoint(accelerator, run.output_dir, run.step, run.epoch, run.history, run.model, run.processor)
+    run.save_checkpoint()
     folder = run.save_final(metrics)
     if accelerator.is_main_process and args.push_to_hub:
         logger.info(f"uploaded: {push_to_hub(folder, args.push_to_hub)}")
@@ -524,6 +601,8 @@ def main(argv: list[str] | None = None) -> None:
     """Train; bad input (an unusable --output-dir, a missing dataset, model options the config rejects) ends
     in one `error: ...` line, as in the `vistr` commands; `--debug` or VISTR_DEBUG=1 shows the traceback."""
     args = build_parser().parse_args(argv)
+    logging.basicConfig(format="%(message)s", level=logging.WARNING)
+    logging.getLogger(LOGGER_NAME).setLevel(logging.INFO)  # the run's layout and evaluations, not the libraries'
     checkpoints = Path(args.output_dir) / "checkpoints"
     interrupted = f"the checkpoints saved so far are in {checkpoints} (continue with --resume-from-checkpoint)"
     run_reporting_errors(partial(train, args), debug_requested(args), interrupted)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,9 +16,14 @@ from test_bad_inputs_writers import assert_one_line_error, failed_command
 from test_model_card import local_hub  # noqa: F401  (fixture: a local stand-in for the Hub API)
 from transformers import AutoModelForInstanceSegmentation
 from vistr import train_accelerate
+from conftest import REPO_ROOT
+from vistr.configuration_vistr import VisTRConfig
 from vistr.convert_checkpoint import initialization_state_dict, load_original_checkpoint
+from vistr.image_processing_vistr import VisTRVideoProcessor, processor_for_model
 from vistr.loss_vistr import LossSettings
+from vistr.model_card import save_model_folder
 from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation
+from vistr.tools.model_source import load_fitting_weights, read_model_source
 from vistr.tools.youtube_vis import SyntheticOptions, make_synthetic
 
 TINY_MODEL = ["--backbone", "resnet18", "--num-frames", "2", "--encoder-layers", "1", "--decoder-layers", "2",
@@ -66,7 +74,7 @@ def test_training_writes_a_loadable_model_with_card_curve_and_checkpoint(synthet
 ])
 def test_mask_loss_weights_reach_the_criterion(synthetic_root, tmp_path, extra, mask_weight, dice_weight):
     args = train_accelerate.build_parser().parse_args(train_arguments(synthetic_root, tmp_path, *extra))
-    config = train_accelerate.model_config(args, {1: "disc", 2: "ring"})
+    config, _ = train_accelerate.model_config(args, {1: "disc", 2: "ring"})
     weights = LossSettings.from_config(config).weight_dict(auxiliary_layers=1)
     assert (weights["loss_mask"], weights["loss_dice"]) == (mask_weight, dice_weight)
     assert (weights["loss_bbox"], weights["loss_giou"]) == (5.0, 2.0)  # the other weights stay the original's
@@ -75,7 +83,7 @@ def test_mask_loss_weights_reach_the_criterion(synthetic_root, tmp_path, extra, 
 @pytest.mark.parametrize("extra, expected", [([], False), (["--absent-frame-mask-loss"], True)])
 def test_absent_frame_mask_loss_reaches_the_criterion(synthetic_root, tmp_path, extra, expected):
     args = train_accelerate.build_parser().parse_args(train_arguments(synthetic_root, tmp_path, *extra))
-    config = train_accelerate.model_config(args, {1: "disc", 2: "ring"})
+    config, _ = train_accelerate.model_config(args, {1: "disc", 2: "ring"})
     assert LossSettings.from_config(config).absent_frame_mask_loss is expected
 
 
@@ -86,7 +94,7 @@ def test_absent_frame_mask_loss_reaches_the_criterion(synthetic_root, tmp_path, 
 def test_mask_head_widths_reach_the_model(synthetic_root, tmp_path, extra, mask_head_width, mask_channels,
                                           instance_channels):
     args = train_accelerate.build_parser().parse_args(train_arguments(synthetic_root, tmp_path, *extra))
-    config = train_accelerate.model_config(args, {1: "disc", 2: "ring"})
+    config, _ = train_accelerate.model_config(args, {1: "disc", 2: "ring"})
     assert (config.mask_head_width, config.mask_head_channels, config.instance_head_channels) == (
         mask_head_width, mask_channels, instance_channels)
 
@@ -138,8 +146,9 @@ def test_initialising_from_an_original_checkpoint_drops_only_what_does_not_fit(p
     state, _ = load_original_checkpoint(parity_dir / "vistr_tiny_r50_original.pth")
     config = train_accelerate.VisTRConfig(num_frames=3, encoder_layers=2, decoder_layers=2, ffn_dim=512, num_labels=5)
     model = VisTRForVideoInstanceSegmentation(config)
-    left_out = train_accelerate.load_initial_weights(model, str(parity_dir / "vistr_tiny_r50_original.pth"))
-    assert sorted(line.split()[0] for line in left_out) == [
+    source = read_model_source(str(parity_dir / "vistr_tiny_r50_original.pth"))
+    report = load_fitting_weights(model, source.weights)
+    assert sorted(report.fresh) == [
         "class_labels_classifier.bias", "class_labels_classifier.weight", "vistr.query_position_embeddings.weight"]
     loaded = model.state_dict()
     assert torch.equal(loaded["vistr.input_projection.weight"], state["vistr.input_proj.weight"].float())
@@ -157,3 +166,194 @@ def test_detr_style_keys_map_onto_the_same_weights(parity_dir, tmp_path):
     assert set(mapped) == {name for name in reference if not name.startswith(("mask_head.", "instance_head.", "bbox_attention."))}
     for name, tensor in mapped.items():
         assert torch.equal(tensor, reference[name]), name
+
+
+# ------------------------------------------------------------------------------------------------- the source decides
+
+
+@pytest.fixture(scope="module")
+def source_folder(synthetic_root, tmp_path_factory):
+    """A trained-looking model folder: an architecture none of the trainer's defaults describe, the data's
+    classes, and a processor with inference settings of its own."""
+    categories = json.loads((synthetic_root / "annotations.json").read_text())["categories"]
+    id2label = {index: "N/A" for index in range(max(c["id"] for c in categories) + 1)}
+    id2label.update({c["id"]: c["name"] for c in categories})
+    config = VisTRConfig(backbone="resnet18", num_frames=2, num_queries_per_frame=3, d_model=96, num_attention_heads=4,
+                         encoder_layers=1, decoder_layers=2, ffn_dim=64, dropout=0.0, mask_head_width=64,
+                         id2label=id2label)  # fmt: skip
+    torch.manual_seed(0)
+    model = VisTRForVideoInstanceSegmentation(config)
+    processor = VisTRVideoProcessor(size={"shortest_edge": 80, "longest_edge": 112}, test_time_flips=["horizontal"],
+                                    mask_score_weighting=True)  # fmt: skip
+    folder = tmp_path_factory.mktemp("source") / "vistr-source"
+    save_model_folder(model, folder, processor_for_model(config, processor))
+    return folder
+
+
+def trained_config(folder) -> dict:
+    return json.loads((folder / "config.json").read_text())
+
+
+def test_init_from_a_folder_keeps_its_architecture_and_processor(synthetic_root, source_folder, tmp_path, caplog):
+    arguments = ["--data-root", str(synthetic_root), "--output-dir", str(tmp_path), "--validation-fraction", "0.34",
+                 "--report-to", "none", "--max-steps", "1", "--init-from", str(source_folder), *SMALL_CLIPS]
+    with caplog.at_level("INFO", logger=train_accelerate.LOGGER_NAME):
+        folder = train_accelerate.train(train_accelerate.build_parser().parse_args(arguments))
+    source, trained = trained_config(source_folder), trained_config(folder)
+    for field in ("backbone", "num_frames", "num_queries_per_frame", "d_model", "num_attention_heads", "encoder_layers",
+                  "decoder_layers", "ffn_dim", "dropout", "mask_head_width", "id2label"):
+        assert trained[field] == source[field], field
+    processor = json.loads((folder / "video_preprocessor_config.json").read_text())
+    assert processor["size"] == {"shortest_edge": 80, "longest_edge": 112}
+    assert processor["test_time_flips"] == ["horizontal"] and processor["mask_score_weighting"] is True
+    total = len(load_file(source_folder / "model.safetensors"))
+    assert f"loaded {total} of {total} tensors" in caplog.text
+
+
+def test_an_option_overrides_one_field_of_the_source_and_says_so(synthetic_root, source_folder, tmp_path, caplog):
+    arguments = ["--data-root", str(synthetic_root), "--output-dir", str(tmp_path), "--report-to", "none",
+                 "--validation-fraction", "0.34", "--init-from", str(source_folder), "--dropout", "0.2"]
+    with caplog.at_level("WARNING", logger=train_accelerate.LOGGER_NAME):
+        run = train_accelerate.Run(train_accelerate.build_parser().parse_args(arguments))
+    assert run.config.dropout == 0.2 and run.config.d_model == 96 and run.config.num_frames == 2
+    assert "dropout: 0.0 -> 0.2" in caplog.text
+
+
+def test_init_from_that_would_mostly_start_fresh_is_refused_unless_allowed(synthetic_root, source_folder, tmp_path,
+                                                                           capsys):
+    arguments = ["--data-root", str(synthetic_root), "--output-dir", str(tmp_path / "run"), "--report-to", "none",
+                 "--validation-fraction", "0.34", "--init-from", str(source_folder), "--backbone", "resnet50",
+                 "--max-steps", "1"]
+    code, message = failed_command(capsys, train_accelerate.main, *arguments)
+    assert_one_line_error(message, "--allow-partial-init")
+    assert code == 2 and not (tmp_path / "run" / "model").exists()
+    run = train_accelerate.Run(train_accelerate.build_parser().parse_args([*arguments, "--allow-partial-init"]))
+    assert run.config.backbone == "resnet50"
+
+
+def test_init_from_an_original_checkpoint_takes_its_architecture(synthetic_root, parity_dir, tmp_path, caplog):
+    checkpoint = parity_dir / "vistr_tiny_r50_original.pth"
+    arguments = ["--data-root", str(synthetic_root), "--output-dir", str(tmp_path), "--report-to", "none",
+                 "--validation-fraction", "0.34", "--init-from", str(checkpoint)]
+    with caplog.at_level("WARNING", logger=train_accelerate.LOGGER_NAME):
+        run = train_accelerate.Run(train_accelerate.build_parser().parse_args(arguments))
+    # the golden data's configuration (parity README, section 3), not the trainer's defaults
+    assert (run.config.d_model, run.config.ffn_dim, run.config.encoder_layers, run.config.num_frames) == (384, 512, 2, 4)
+    assert "the class head starts fresh" in caplog.text  # YouTube-VIS 2019's classes, not the synthetic data's
+
+
+def test_a_config_file_describes_a_model_from_scratch(synthetic_root, tmp_path):
+    described = {"backbone": "resnet18", "num_frames": 2, "num_queries_per_frame": 4, "d_model": 96,
+                 "num_attention_heads": 4, "encoder_layers": 1, "decoder_layers": 1, "ffn_dim": 64}
+    (tmp_path / "config.json").write_text(json.dumps(described))
+    arguments = ["--data-root", str(synthetic_root), "--output-dir", str(tmp_path / "run"), "--report-to", "none",
+                 "--validation-fraction", "0.34", "--config", str(tmp_path / "config.json"), "--decoder-layers", "2"]
+    run = train_accelerate.Run(train_accelerate.build_parser().parse_args(arguments))
+    assert {name: getattr(run.config, name) for name in described} == {**described, "decoder_layers": 2}
+
+
+# ------------------------------------------------------------------------------------------------- resume, processes
+
+
+@pytest.fixture(scope="module")
+def square_root(tmp_path_factory):
+    """12 training clips of one size (4 videos x 3 frames, 64 x 64; 2 more videos held out): batches need no
+    padding, so one process with a batch of 2 computes what two processes with one clip each compute."""
+    root = tmp_path_factory.mktemp("square") / "synthetic"
+    options = SyntheticOptions(min_frames=3, max_frames=3, min_side=64, max_side=64, max_instances=2)
+    make_synthetic(root, num_videos=6, seed=4, options=options, progress=False)
+    return root
+
+
+ONE_SIZE_CLIPS = ["--train-size", "64", "--train-max-size", "64", "--scales", "64", "--max-size", "64",
+                  "--crop-scales", "64", "--crop-min-size", "64", "--crop-max-size", "64"]  # fmt: skip
+
+
+def square_arguments(root, output_dir, *extra: str) -> list[str]:
+    return ["--data-root", str(root), "--output-dir", str(output_dir), "--validation-fraction", "0.34",
+            "--report-to", "none", "--lr", "1e-3", "--seed", "5", "--dropout", "0", *TINY_MODEL, *ONE_SIZE_CLIPS,
+            *extra]  # fmt: skip
+
+
+def assert_same_weights(expected_folder, actual_folder, atol: float = 0.0) -> None:
+    expected, actual = load_file(expected_folder / "model.safetensors"), load_file(actual_folder / "model.safetensors")
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        if atol == 0.0:
+            assert torch.equal(expected[name], actual[name]), name
+        else:
+            torch.testing.assert_close(actual[name], expected[name], atol=atol, rtol=0, msg=name)
+
+
+def test_resuming_after_an_epoch_boundary_with_accumulation_is_exact(square_root, tmp_path):
+    """12 batches an epoch, 5 accumulated: the epoch's third step takes 2 batches; stopped at step 4 (5
+    batches into epoch 1) and resumed, the weights are those of the uninterrupted run, bit for bit."""
+    def run(output_dir, *extra):
+        arguments = square_arguments(square_root, output_dir, "--gradient-accumulation-steps", "5", *extra)
+        return train_accelerate.train(train_accelerate.build_parser().parse_args(arguments))
+
+    straight = run(tmp_path / "straight", "--max-steps", "5")
+    run(tmp_path / "stopped", "--max-steps", "4")
+    resumed = run(tmp_path / "stopped", "--max-steps", "5", "--resume-from-checkpoint", "latest")
+    assert_same_weights(straight, resumed)
+
+
+def launch_processes(processes: int, *arguments: str) -> str:
+    """The trainer under torchrun on CPU (gloo), as the README's recipe runs it; returns what it printed."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+               str(REPO_ROOT / "train_accelerate.py"), *arguments]  # fmt: skip
+    environment = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout + result.stderr
+
+
+def test_two_processes_train_what_one_process_trains_with_their_batch_and_resume_exactly(square_root, tmp_path):
+    """2 processes x 1 clip = 1 process x 2 clips: the same clips and augmentation, the losses normalised over
+    both processes (2 steps of 4 accumulated batches: the second ends epoch 0 with 2). Later steps drift
+    apart at rounding level through the deformable convolution's sampling, so they are compared to their
+    own uninterrupted run: stopped after step 3 (inside epoch 1) and resumed, bit for bit."""
+    common = ["--gradient-accumulation-steps", "4", "--checkpointing-steps", "1"]
+    one = train_accelerate.train(train_accelerate.build_parser().parse_args(
+        square_arguments(square_root, tmp_path / "one", "--batch-size", "2", "--max-steps", "2", *common)))
+    printed = launch_processes(2, *square_arguments(square_root, tmp_path / "two", "--max-steps", "4", *common))
+    assert "2 process(es) on cpu: 1 clip(s) per process x 2 process(es) x 4 accumulated = 8 clip(s)" in printed
+    assert_same_weights(one, tmp_path / "two" / "checkpoints" / "step-00000002", atol=1e-5)
+    launch_processes(2, *square_arguments(square_root, tmp_path / "resumed", "--max-steps", "4", *common,
+                                          "--resume-from-checkpoint", str(tmp_path / "two" / "checkpoints" / "step-00000003")))
+    assert_same_weights(tmp_path / "two" / "model", tmp_path / "resumed" / "model")
+
+
+def test_a_cpu_launch_that_starts_fewer_processes_than_asked_ends_in_one_line(square_root, tmp_path):
+    command = [sys.executable, "-m", "accelerate.commands.launch", "-q", "--cpu", "--num_processes", "2",
+               str(REPO_ROOT / "train_accelerate.py"), *square_arguments(square_root, tmp_path / "run")]  # fmt: skip
+    result = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                            timeout=600)  # fmt: skip
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert_one_line_error(result.stderr.strip().splitlines()[-1], "torchrun --nproc_per_node N")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("environment, joined, piece", [
+    ({"WORLD_SIZE": "2"}, 1, "started 2 processes but accelerate joined them as 1"),
+    ({"MASTER_ADDR": "127.0.0.1"}, 1, "started this one only"),
+])  # fmt: skip
+def test_a_world_size_other_than_launched_is_refused(monkeypatch, environment, joined, piece):
+    for name in train_accelerate.WORLD_SIZE_VARIABLES + ("MASTER_ADDR",):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(train_accelerate.UsageError, match=piece):
+        train_accelerate.check_world_size(joined)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    train_accelerate.check_world_size(1)  # what torchrun with one process sets: fine
+
+
+def test_old_checkpoints_beyond_the_limit_are_removed_and_evaluations_printed(synthetic_root, tmp_path, capsys):
+    (tmp_path / "checkpoints" / "notes").mkdir(parents=True)  # not a checkpoint: never touched
+    arguments = train_arguments(synthetic_root, tmp_path, "--max-steps", "3", "--checkpointing-steps", "1",
+                                "--checkpoints-total-limit", "2")  # fmt: skip
+    train_accelerate.train(train_accelerate.build_parser().parse_args(arguments))
+    assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == ["notes", "step-00000002",
+                                                                                 "step-00000003"]
+    assert "evaluation after step 3" in capsys.readouterr().out

@@ -261,7 +261,12 @@ def classification_losses(
     # built in float32 then cast, as the original's buffer (0.1 is not exact in float32)
     class_weights = torch.ones(settings.num_labels + 1)
     class_weights[-1] = settings.eos_coefficient
-    losses = {"loss_ce": F.cross_entropy(logits.transpose(1, 2), target_classes, class_weights.to(logits))}
+    class_weights = class_weights.to(logits)
+    loss = F.cross_entropy(logits.transpose(1, 2), target_classes, class_weights)
+    # a weighted mean over this process's queries; rescaled so that the mean over processes (DDP) is the weighted
+    # mean over all their queries, as one process with their whole batch computes it (the factor is 1 alone)
+    weight_sum = class_weights[target_classes].sum().detach()
+    losses = {"loss_ce": loss * (weight_sum / average_over_processes(weight_sum))}
     if log:
         losses["class_error"] = _class_error(logits[batch_query], matched_classes)
     return losses
@@ -339,11 +344,16 @@ def dice_loss(logits: Tensor, truth: Tensor, num_boxes: float) -> Tensor:
 def normalizer(targets: list[VideoTargets], device: torch.device) -> float:
     """Target entries (absent frames included, as the original counts them), averaged over processes."""
     count = torch.tensor([float(sum(t.valid.numel() for t in targets))], device=device)
-    world_size = 1
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(count)
-        world_size = torch.distributed.get_world_size()
-    return torch.clamp(count / world_size, min=1).item()
+    return torch.clamp(average_over_processes(count), min=1).item()
+
+
+def average_over_processes(value: Tensor) -> Tensor:
+    """`value` averaged over the processes of a distributed run (itself when there is one)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return value
+    total = value.clone()
+    torch.distributed.all_reduce(total)
+    return total / torch.distributed.get_world_size()
 
 
 def _layer_losses(logits, boxes, targets, settings, num_boxes, log: bool):
