@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from .optional_dependencies import require
+
 # the pixel dimensions of a [..., height, width] tensor that each flip reverses
 FLIP_DIMS = {"horizontal": (-1,), "vertical": (-2,), "both": (-2, -1)}
 
@@ -50,8 +52,7 @@ def matching_queries(reference_masks: torch.Tensor, masks: torch.Tensor, num_que
     """Clips' mask logits [N, T*n, h, w] of two views -> per clip, the index [N, T*n] into `masks`' queries that
     puts, at each query of the reference, the same frame's query of the slot matched to its slot (Hungarian on
     soft IoU over the clip; one transfer to the host for all clips)."""
-    from scipy.optimize import linear_sum_assignment
-
+    linear_sum_assignment = require("scipy.optimize", "test-time flip averaging").linear_sum_assignment
     clips, queries = reference_masks.shape[:2]
     slots = num_queries_per_frame
     frames = queries // slots

@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .optional_dependencies import require
+
 LOSS_KEYS = ("loss_ce", "loss_bbox", "loss_giou", "loss_mask", "loss_dice")
 
 
@@ -181,10 +183,8 @@ def sequence_cost_matrix(logits: Tensor, boxes: Tensor, targets: VideoTargets, s
 
 
 def _linear_sum_assignment(cost: Tensor) -> tuple:
-    """scipy's Hungarian solver, imported here: inference (which computes no loss) needs no scipy."""
-    from scipy.optimize import linear_sum_assignment
-
-    return linear_sum_assignment(cost)
+    """scipy's Hungarian solver, imported when a loss is computed: inference needs no scipy."""
+    return require("scipy.optimize", "the training loss (Hungarian matching)").linear_sum_assignment(cost)
 
 
 @torch.no_grad()

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, ImageSequence
 
+from .optional_dependencies import require
+
 FRAME_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 CHANNEL_COUNTS = (1, 3, 4)  # grayscale, RGB, RGBA
 VIDEO_EXTENSIONS = {
@@ -109,8 +111,7 @@ def _upright_video_frame(frame, path: Path) -> Image.Image:
 
 
 def _iter_video_file(path: Path) -> Iterator[Image.Image]:
-    import av
-
+    av = require("av", "reading video files")
     try:
         container = av.open(str(path))
     except Exception as error:
@@ -223,8 +224,7 @@ def video_fps(source, default: float = 10.0) -> float:
     path = Path(source)
     if path.suffix.lower() in FRAME_EXTENSIONS:
         return _animated_image_fps(path) or default
-    import av
-
+    av = require("av", "reading video files")
     try:
         with av.open(str(path)) as container:
             return _stream_fps(container.streams.video[0]) or default

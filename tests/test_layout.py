@@ -10,7 +10,8 @@ import tomllib
 ROOT = Path(__file__).resolve().parent.parent
 # the files that travel with the weights (remote code): flat in one folder, siblings imported relatively
 MODEL_FILES = ["configuration_vistr", "modeling_vistr", "frozen_batch_norm", "loss_vistr", "deform_conv",
-               "image_processing_vistr", "mask_upsampling", "flip_averaging", "video_io", "pipeline_vistr", "model_card"]  # fmt: skip
+               "image_processing_vistr", "mask_upsampling", "flip_averaging", "video_io", "pipeline_vistr",
+               "model_card", "optional_dependencies"]  # fmt: skip
 ROOT_TOOLS = ["convert_checkpoint", "train_accelerate"]
 TOOLS = sorted(path.stem for path in (ROOT / "tools").glob("*.py") if path.stem != "__init__")
 OUR_NAMES = set(MODEL_FILES + ROOT_TOOLS + TOOLS)
@@ -77,3 +78,55 @@ def test_importing_any_module_registers_vistr():
               "PIPELINE_REGISTRY.get_supported_tasks())")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT / "tests")
     assert done.stdout.split() == ["vistr.configuration_vistr", "True"], done.stderr[-2000:]
+
+
+def _installed_with(requirements) -> set[str]:
+    """The distributions that `pip install REQUIREMENTS` brings here: theirs and their requirements' (no extras),
+    recursively, as normalized names."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    found, todo = set(), [Requirement(requirement) for requirement in requirements]
+    while todo:
+        requirement = todo.pop()
+        name = canonicalize_name(requirement.name)
+        if name in found or (requirement.marker and not requirement.marker.evaluate({"extra": ""})):
+            continue
+        found.add(name)
+        try:
+            todo += [Requirement(line) for line in metadata.requires(name) or []]
+        except metadata.PackageNotFoundError:
+            pass  # a platform requirement that is not installed here (no imports of ours can come from it)
+    return found
+
+
+def test_the_install_line_brings_every_package_the_model_files_import():
+    """What transformers' remote-code loader checks in each model file (every import outside a `try`) comes with
+    `REQUIRED_PACKAGES`; the packages of the other features are only `require`d, and the card names them all."""
+    import sys
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+    from packaging.utils import canonicalize_name
+    from transformers.dynamic_module_utils import get_imports
+    from vistr.optional_dependencies import OPTIONAL_PACKAGES, REQUIRED_PACKAGES
+
+    installed = _installed_with(REQUIRED_PACKAGES)
+    distributions = metadata.packages_distributions()
+    for name in MODEL_FILES:
+        for module in set(get_imports(ROOT / f"{name}.py")) - set(sys.stdlib_module_names):
+            assert {canonicalize_name(d) for d in distributions[module]} & installed, f"{name}.py imports {module}"
+    required = set()
+    for name in MODEL_FILES:
+        for node in ast.walk(ast.parse((ROOT / f"{name}.py").read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "require":
+                required.add(node.args[0].value.split(".")[0])
+    assert required == set(OPTIONAL_PACKAGES)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    bounds = {requirement.name: requirement.specifier for requirement in map(Requirement, project)}
+    for package in [*REQUIRED_PACKAGES, *OPTIONAL_PACKAGES]:  # the versions the project itself asks for, if any
+        requirement = Requirement(package)
+        assert requirement.name in bounds and requirement.specifier in (SpecifierSet(), bounds[requirement.name])

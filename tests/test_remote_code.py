@@ -13,8 +13,12 @@ import subprocess
 import sys
 import textwrap
 
+from pathlib import Path
+
 import pytest
 from vistr.model_card import save_model_folder
+
+BUNDLED = Path(__file__).resolve().parent.parent / "assets" / "vistr-tiny-synthetic"
 
 SCRIPT = textwrap.dedent(
     """
@@ -91,3 +95,70 @@ def test_installed_modules_register_with_the_auto_classes(converted_folder):
     assert type(AutoConfig.from_pretrained(converted_folder)) is VisTRConfig
     assert type(AutoModel.from_pretrained(converted_folder)) is VisTRModel
     assert type(AutoModelForInstanceSegmentation.from_pretrained(converted_folder)) is VisTRForVideoInstanceSegmentation
+
+
+WITHOUT_OPTIONAL_PACKAGES = textwrap.dedent(
+    """
+    import importlib.machinery, json, pathlib, sys
+    MISSING = {"scipy", "pycocotools", "av"}
+
+    class PathFinderWithout(importlib.machinery.PathFinder):
+        # the path finder of a machine without MISSING: an import of one fails as if it were not installed
+        @classmethod
+        def find_spec(cls, name, path=None, target=None):
+            return None if name.split(".")[0] in MISSING else super().find_spec(name, path, target)
+
+    sys.meta_path[:] = [PathFinderWithout if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
+    import numpy as np, torch
+    from transformers import AutoModelForInstanceSegmentation, AutoVideoProcessor, pipeline
+    from transformers.dynamic_module_utils import check_imports
+
+    folder = sys.argv[1]
+    for code in sorted(pathlib.Path(folder).glob("*.py")):  # what loading from a Hub repo checks in each file
+        check_imports(code)
+    model = AutoModelForInstanceSegmentation.from_pretrained(folder, trust_remote_code=True).eval()
+    processor = AutoVideoProcessor.from_pretrained(folder, trust_remote_code=True)
+    frames = np.random.default_rng(0).integers(0, 255, (model.config.num_frames + 2, 40, 48, 3), dtype=np.uint8)
+
+    def segment(video, **options):
+        inputs = processor(video)
+        with torch.no_grad():
+            outputs = model(**inputs)
+        return processor.post_process_instance_segmentation(outputs, threshold=0.0, clip_layout=inputs, **options)
+
+    def error(run):
+        try:
+            run()
+        except ImportError as raised:
+            return str(raised)
+
+    one_clip = frames[: model.config.num_frames]
+    segmenter = pipeline("video-instance-segmentation", model=folder, trust_remote_code=True, device="cpu")
+    print(json.dumps({
+        "frames": [len(instance["frame_scores"]) for instance in segment(one_clip)[0]],
+        "pipeline_frames": sorted({len(i["frame_scores"]) for i in segmenter(one_clip, test_time_flips=[])}),
+        "rle": error(lambda: segment(one_clip, mask_format="rle")),
+        "clip_linking": error(lambda: segment(frames)),
+        "flips": error(lambda: segmenter(one_clip)),
+        "imported": sorted(MISSING & {name.split(".")[0] for name in sys.modules}),
+    }))
+    """
+)
+
+
+def test_one_clip_runs_without_scipy_pycocotools_and_av_and_other_features_name_theirs(tmp_path):
+    """A Hub user with only torch, transformers and timm (numpy and Pillow come with them) loads the bundled folder's
+    model, processor and pipeline and segments a video of one clip; RLE masks, linking clips and test-time flips
+    each say in one line which package they need."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTHON")}
+    env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
+    done = subprocess.run([sys.executable, "-I", "-c", WITHOUT_OPTIONAL_PACKAGES, str(BUNDLED)],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["frames"] and set(result["frames"]) == {5} and result["pipeline_frames"] == [5]
+    assert result["imported"] == []
+    for feature, package in (("rle", "pycocotools"), ("clip_linking", "scipy"), ("flips", "scipy")):
+        message = result[feature]
+        assert message and "\n" not in message and package in message, (feature, message)
+        assert message.endswith(f"pip install {package}"), (feature, message)

@@ -138,6 +138,9 @@ class VisTRConfig(PreTrainedConfig):
         if self.backbone_config is None:
             self.backbone_config = self._timm_backbone_config()
         super().__post_init__(**kwargs)
+        # transformers 5 derives `label2id` only where it makes up `id2label` from `num_labels`; a config given
+        # `id2label` (every VisTR config) would be saved with `label2id: null`
+        self.label2id = {label: index for index, label in self.id2label.items()}
         self.auto_map = {**REMOTE_CODE_AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
         self._check_architecture()
 

@@ -41,6 +41,7 @@ from transformers.video_processing_utils import BaseVideoProcessor
 
 from .flip_averaging import check_flips
 from .mask_upsampling import upsample_and_threshold
+from .optional_dependencies import require
 from .video_io import VideoReadError, describe, iter_frames
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -365,12 +366,11 @@ class ClipStitcher:
         shared = sorted(set(positions) & set(self._previous))
         slot_tracks: list[_Track | None] = [None] * masks.shape[1]
         if shared:
-            from scipy.optimize import linear_sum_assignment
-
+            optimize = require("scipy.optimize", "linking the clips of a video longer than one clip")
             previous = torch.stack([self._previous[frame] for frame in shared])
             current = torch.stack([masks[positions[frame]] > 0 for frame in shared])
             iou = sequence_iou(previous, current).numpy()
-            for before, now in zip(*linear_sum_assignment(-iou)):
+            for before, now in zip(*optimize.linear_sum_assignment(-iou)):
                 if iou[before, now] >= self.min_link_iou:
                     slot_tracks[now] = self._previous_tracks[before]
         return [track if track is not None else self._new_track() for track in slot_tracks]
@@ -718,7 +718,7 @@ class VisTRVideoProcessor(BaseVideoProcessor):
             clip_layout: the processor's output for these clips (`inputs`): which clips and frames make which
                 video, and the videos' sizes. Default: each clip is one whole video.
             mask_format: "bool" (`masks` bool [L, H, W]) or "rle" (`segmentations`: per-frame COCO RLE, None
-                where the frame scores below 0.001, as in the YouTube-VIS results).
+                where the frame scores below 0.001, as in the YouTube-VIS results; needs pycocotools).
             id2label: class names (`model.config.id2label`) for `label_name`.
             mask_score_weighting: multiply each score by its mask confidence (default: the processor's setting).
         Returns:
@@ -799,8 +799,7 @@ def processor_for_model(config, processor: VisTRVideoProcessor | None = None) ->
 
 def encode_rle(mask) -> dict:
     """Bool mask [H, W] -> COCO compressed RLE with str counts."""
-    from pycocotools import mask as mask_utils
-
+    mask_utils = require("pycocotools.mask", "RLE masks (mask_format='rle', YouTube-VIS results)")
     array = np.asarray(mask.cpu() if hasattr(mask, "cpu") else mask)
     # a bool array is 0/1 bytes: viewed as uint8 without a copy; column-major masks (frame_masks) need none either
     array = np.asfortranarray(array.view(np.uint8) if array.dtype == np.bool_ else array.astype(np.uint8))

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
@@ -19,10 +20,17 @@ from transformers.utils import CONFIG_NAME, VIDEO_PROCESSOR_NAME
 # Relative imports of a model file's modules travel with it: every `save_pretrained` of the model (and the
 # Hub's remote-code loader) takes the pipeline's and the processor's code along, so its folder always holds them.
 from .image_processing_vistr import processor_for_model
+from .optional_dependencies import FULL_INSTALL, OPTIONAL_PACKAGES, REQUIRED_INSTALL
 from .pipeline_vistr import CUSTOM_PIPELINES, TASK, VideoInstanceSegmentationPipeline
 
 PAPER = "https://arxiv.org/abs/2011.14503"
 TAGS = [TASK, "vistr", "transformers"]
+# The card's `pipeline_tag` must be one of the Hub's tasks (huggingface.js, packages/tasks/src/pipelines.ts), which
+# have no video segmentation: instance segmentation is filed under image segmentation. TASK (the transformers
+# pipeline's name) is a tag.
+HUB_PIPELINE_TAG = "image-segmentation"
+# all the metadata of the template card transformers' `push_to_hub` writes for a repository without a card
+TEMPLATE_CARD_KEYS = {"library_name", "tags"}
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -41,6 +49,12 @@ def _architecture(config) -> str:
     )
 
 
+def _existing_metrics(metrics: Mapping[str, float] | None) -> dict[str, float]:
+    """The metrics that exist: the YouTube-VIS evaluator reports -1 for one that does not exist on the split (as
+    pycocotools does: no instance in an area range, say), and a card must not state it as a score."""
+    return {name: float(value) for name, value in (metrics or {}).items() if math.isfinite(value) and value != -1}
+
+
 def _metrics_table(metrics: Mapping[str, float], split: str) -> str:
     rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in metrics.items())
     return f"YouTube-VIS mask metrics (`vistr evaluate`) on {split}:\n\n| metric | value |\n|---|---|\n{rows}\n"
@@ -57,21 +71,48 @@ def _model_index(name: str, metrics: Mapping[str, float], dataset: str, split: s
     }]  # fmt: skip
 
 
+def _installation() -> str:
+    features = "\n".join(f"- `{package}`: {feature}" for package, feature in OPTIONAL_PACKAGES.items())
+    return (f"`{FULL_INSTALL}` installs all that this card uses. The model, its processor and the post-processing of "
+            f"a video of one clip need only `{REQUIRED_INSTALL}`; the other packages each serve a few features, and "
+            f"a feature whose package is missing names it:\n\n{features}")
+
+
 def build_model_card(
     config,
     *,
     name: str,
     provenance: str,
-    datasets: list[str] | None = None,
+    datasets: str | Sequence[str] | None = None,
     metrics: Mapping[str, float] | None = None,
     metrics_split: str = "held-out split",
+    base_model: str | None = None,
+    tags: Sequence[str] = (),
 ) -> ModelCard:
-    """A card with license, tags, datasets, metrics (when known), provenance, use, limits and loading code."""
+    """A card with license, tags, datasets, metrics (when known), provenance, installation, use, limits and loading
+    code.
+
+    Args:
+        config: the model's config.
+        name: the model's Hub id (or folder name), used in the loading code.
+        provenance: how the model was made (markdown): converted from which file, trained with which command.
+        datasets: Hub ids or names of the datasets the model was trained on (e.g. "youtube_vis" or
+            "someone/my-videos"), the card's `datasets` metadata, which the Hub links to dataset pages. Never a local
+            folder's name (such as "data"): none is written by default.
+        metrics: name -> value on `metrics_split`; those that do not exist (-1 or not finite) are left out.
+        metrics_split: the data the metrics were computed on, in words.
+        base_model: the Hub id of the model this one was fine-tuned from (`base_model` metadata).
+        tags: tags besides the card's own (`push_to_hub(tags=...)`'s).
+    """
+    datasets = [datasets] if isinstance(datasets, str) else list(datasets or [])
+    metrics = _existing_metrics(metrics)
     data = ModelCardData(
         license="apache-2.0",
         library_name="transformers",
-        tags=TAGS,
+        pipeline_tag=HUB_PIPELINE_TAG,
+        tags=[*TAGS, *(tag for tag in tags if tag not in TAGS)],
         datasets=datasets or None,
+        base_model=base_model,
         model_name=name,
         eval_results=None,
     )
@@ -91,6 +132,10 @@ Hugging Face transformers: {_architecture(config)}.
 ## Evaluation
 
 {_metrics_table(metrics, metrics_split) if metrics else "Not evaluated when this card was written."}
+
+## Installation
+
+{_installation()}
 
 ## How to use
 
@@ -144,11 +189,28 @@ def save_default_model_card(folder: str | os.PathLike, config) -> None:
     _add_pipeline_entry(folder / CONFIG_NAME)
     if not (folder / VIDEO_PROCESSOR_NAME).exists():
         processor_for_model(config).save_pretrained(folder)
-    if (folder / "README.md").exists():
-        return
+    if not (folder / "README.md").exists():
+        save_model_card(folder, _default_model_card(config, folder.name))
+
+
+def prepare_model_upload(folder: str | os.PathLike, config, repo_id: str) -> None:
+    """Complete a folder that transformers' `push_to_hub` (or `save_pretrained(push_to_hub=True)`) is about to
+    upload to `repo_id`, as `save_default_model_card` does, and put our card in place of transformers' template.
+
+    Just before uploading, transformers writes the card the repository already has (kept) or, for a repository
+    without one, its template, which has none of the provenance, license, installation and loading code of ours
+    (only `library_name` and the tags it was given, which our card takes over)."""
+    save_default_model_card(folder, config)
+    metadata = ModelCard((Path(folder) / "README.md").read_text()).data.to_dict()
+    if metadata.get("library_name") == "transformers" and set(metadata) <= TEMPLATE_CARD_KEYS:
+        save_model_card(folder, _default_model_card(config, repo_id, tags=metadata.get("tags") or ()))
+
+
+def _default_model_card(config, name: str, tags: Sequence[str] = ()) -> ModelCard:
+    """The card of a model saved from Python: its provenance is what it was loaded from (or that it was not)."""
     source = getattr(config, "_name_or_path", "") or "weights created in Python"
     provenance = f"Saved with `save_pretrained`; loaded from or initialised as: `{source}`."
-    save_model_card(folder, build_model_card(config, name=folder.name, provenance=provenance))
+    return build_model_card(config, name=name, provenance=provenance, tags=tags)
 
 
 def _add_pipeline_entry(config_file: Path) -> None:
@@ -185,5 +247,6 @@ def save_model_folder(model, folder: str | os.PathLike, processor=None) -> None:
 
 
 __all__ = [
-    "build_model_card", "file_sha256", "push_to_hub", "save_default_model_card", "save_model_card", "save_model_folder",
+    "build_model_card", "file_sha256", "prepare_model_upload", "push_to_hub", "save_default_model_card",
+    "save_model_card", "save_model_folder",
 ]

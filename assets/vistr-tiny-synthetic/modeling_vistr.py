@@ -42,7 +42,7 @@ from .configuration_vistr import VisTRConfig
 from .deform_conv import DeformConv2d
 from .frozen_batch_norm import fold_frozen_batch_norms
 from .loss_vistr import ForVideoInstanceSegmentationLoss
-from .model_card import save_default_model_card
+from .model_card import prepare_model_upload, save_default_model_card
 
 
 @dataclass
@@ -423,6 +423,12 @@ class VisTRPreTrainedModel(PreTrainedModel):
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             save_default_model_card(save_directory, self.config)
+
+    def _upload_modified_files(self, working_dir, repo_id: str, *args, **kwargs):
+        """transformers' upload to the Hub (the last step of `push_to_hub` and `save_pretrained(push_to_hub=True)`),
+        of a complete folder with our card where transformers has just written its template card."""
+        prepare_model_upload(working_dir, self.config, repo_id)
+        return super()._upload_modified_files(working_dir, repo_id, *args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

@@ -20,6 +20,7 @@ from transformers import Pipeline
 
 from .flip_averaging import check_flips, flip_averaged
 from .image_processing_vistr import ClipStitcher, VisTRVideoProcessor, clip_count, clip_stride, processor_for_model
+from .optional_dependencies import require
 
 TASK = "video-instance-segmentation"
 # the pipeline's defaults: the processor's post-processing defaults (DETR's threshold), masks as tensors
@@ -95,8 +96,7 @@ class VideoSegmenter:
 
 def decode_masks(segmentations: list[dict | None], height: int, width: int) -> np.ndarray:
     """Per-frame RLE (None = no mask) -> bool [L, H, W]."""
-    from pycocotools import mask as mask_utils
-
+    mask_utils = require("pycocotools.mask", "decoding RLE masks")
     masks = np.zeros((len(segmentations), height, width), dtype=bool)
     for frame, rle in enumerate(segmentations):
         if rle is not None:
