@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
+from accelerate.data_loader import prepare_data_loader
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader
@@ -50,8 +51,8 @@ from vistr.tools.model_source import (
     read_model_source,
 )
 from vistr.tools.outputs import Outputs, UsageError, finite_or_none, non_negative_int, positive_int, replace_folder
-from vistr.tools.training_data import AugmentationOptions, TrainTransform, VisTRClipDataset, collate_fn
-from vistr.tools.youtube_vis import load_youtube_vis, read_json, split_by_video_id
+from vistr.tools.training_data import AugmentationOptions, TrainTransform, VisTRClipDataset, VisTRClipStream, collate_fn
+from vistr.tools.data_sources import open_training_data
 
 LOGGER_NAME = "vistr.train"  # not __name__: run as a script, that is "__main__"
 logger = get_logger(LOGGER_NAME)
@@ -90,8 +91,12 @@ SWITCH_OPTIONS = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     data = parser.add_argument_group("data")
-    data.add_argument("--data-root", required=True, help="folder with JPEGImages/ and the annotation file")
-    data.add_argument("--annotations", help="annotation JSON (default: DATA_ROOT/annotations.json)")
+    data.add_argument("--data", "--data-root", dest="data", required=True, metavar="SOURCE",
+                      help="a YouTube-VIS folder (JPEGImages/ + annotations.json), a parquet file written by "
+                           "save_parquet, or a dataset datasets.load_dataset opens (a local folder or a Hub id)")
+    data.add_argument("--annotations", help="a folder's annotation JSON (default: SOURCE/annotations.json)")
+    data.add_argument("--dataset-split", default="train", help="the split of a load_dataset source to train on")
+    data.add_argument("--streaming", action="store_true", help="stream the source instead of loading it whole")
     data.add_argument("--validation-fraction", type=float, default=0.1, help="videos held out for evaluation")
     data.add_argument("--train-size", type=int, default=300, help="final shortest edge of training clips")
     data.add_argument("--train-max-size", type=int, default=540, help="final longest edge of training clips")
@@ -189,11 +194,9 @@ def initialize_no_object_prior(model: VisTRForVideoInstanceSegmentation, object_
         classifier.bias[-1] = math.log(1.0 - object_fraction)
 
 
-def object_fraction(annotations: Mapping, slots_per_frame: int) -> float:
+def object_fraction(instances_per_video: float, slots_per_frame: int) -> float:
     """Share of instance slots that hold an object: the data's instances per video over the model's slots."""
-    videos = max(1, len(annotations["videos"]))
-    per_video = len(annotations.get("annotations") or []) / videos
-    return min(0.9, max(0.01, per_video / slots_per_frame))
+    return min(0.9, max(0.01, instances_per_video / slots_per_frame))
 
 
 def augmentation_options(args: argparse.Namespace) -> AugmentationOptions:
@@ -231,15 +234,6 @@ def learning_rate_schedule(args: argparse.Namespace, steps_per_epoch: int):
 
 
 # ------------------------------------------------------------------------------------------------- evaluation
-
-
-def validation_annotations(annotations: Mapping, video_ids: set[int]) -> dict:
-    """The annotation file restricted to the held-out videos (ground truth for `evaluate`)."""
-    return {
-        **annotations,
-        "videos": [video for video in annotations["videos"] if video["id"] in video_ids],
-        "annotations": [a for a in annotations.get("annotations") or [] if a["video_id"] in video_ids],
-    }
 
 
 @torch.no_grad()
@@ -353,25 +347,40 @@ class Run:
         )
         check_world_size(self.accelerator.num_processes)
         set_seed(args.seed)
-        self.annotations = read_json(args.annotations or Path(args.data_root) / "annotations.json", "annotation file")
-        dataset = load_youtube_vis(args.data_root, args.annotations)
-        splits = split_by_video_id(dataset, args.validation_fraction, seed=args.seed)
-        self.validation_rows = splits["validation"]
-        self.validation_truth = validation_annotations(self.annotations, set(self.validation_rows["video_id"]))
-        categories = {c["id"]: c["name"] for c in self.annotations["categories"]}
+        self.data = open_training_data(args.data, args.annotations, streaming=args.streaming, split=args.dataset_split)
+        split = self.data.split(args.validation_fraction, seed=args.seed)
+        self.validation_rows, self.validation_truth = split.validation, split.validation_truth
+        self.train_lengths = split.train_lengths
         self.source = read_model_source(args.init_from, args.num_frames) if args.init_from else None
-        self.config, self.model = self._build_model(categories)
+        self.config, self.model = self._build_model(self.data.categories)
         if args.activation_checkpointing:
             self.model.activation_checkpointing_enable()
-        options = augmentation_options(args)
         self.processor = processor_for_model(self.config, self._source_processor())
-        clips = VisTRClipDataset(splits["train"], self.config.num_frames, TrainTransform(options), seed=args.seed)
-        # its own generator: creating an iterator (as resuming does) must not draw from the global RNG,
-        # which dropout uses
-        loader = DataLoader(clips, batch_size=args.batch_size, shuffle=True, collate_fn=collate_fn,
-                            num_workers=args.num_workers, generator=torch.Generator().manual_seed(args.seed))
-        self.clips, self.loader = clips, loader
+        self.clips = self._clips(split.train, TrainTransform(augmentation_options(args)))
         self.step, self.epoch, self.history, self.pretraining_history = 0, 0, [], []
+
+    def _clips(self, rows, transform: TrainTransform) -> VisTRClipDataset | VisTRClipStream:
+        """The training clips: item i of epoch e is the same clip, augmented from (seed, e, i), from any source;
+        a stream deals its items out to the processes itself."""
+        num_frames, seed = self.config.num_frames, self.args.seed
+        if not self.data.streaming:
+            return VisTRClipDataset(rows, num_frames, transform, seed=seed)
+        accelerator = self.accelerator
+        return VisTRClipStream(rows, self.train_lengths, num_frames, transform, seed, rank=accelerator.process_index,
+                               world_size=accelerator.num_processes, batch_size=self.args.batch_size)  # fmt: skip
+
+    def _clip_loader(self, seed: int) -> DataLoader:
+        """This process's batches of the clips, ready for the loop (on its device, closing the accumulation
+        window at the end of an epoch). The sampler has its own generator: creating an iterator (as resuming
+        does) must not draw from the global RNG, which dropout uses."""
+        args = self.args
+        if isinstance(self.clips, VisTRClipStream):  # already this process's share: accelerate must not split it
+            loader = DataLoader(self.clips, batch_size=args.batch_size, collate_fn=collate_fn,
+                                num_workers=args.num_workers)  # fmt: skip
+            return prepare_data_loader(loader, self.accelerator.device, num_processes=1, process_index=0)
+        loader = DataLoader(self.clips, batch_size=args.batch_size, shuffle=True, collate_fn=collate_fn,
+                            num_workers=args.num_workers, generator=torch.Generator().manual_seed(seed))  # fmt: skip
+        return self.accelerator.prepare(loader)
 
     def _build_model(self, categories: Mapping[int, str]) -> tuple[VisTRConfig, VisTRForVideoInstanceSegmentation]:
         """The architecture of --config or the source, with the options' overrides (each reported) and the
@@ -383,7 +392,8 @@ class Run:
             logger.warning(f"option overrides the {'--config' if args.config else '--init-from'} model: {change}")
         model = VisTRForVideoInstanceSegmentation(config)
         if source is None:
-            initialize_no_object_prior(model, object_fraction(self.annotations, config.num_queries_per_frame))
+            initialize_no_object_prior(model, object_fraction(self.data.instances_per_video,
+                                                              config.num_queries_per_frame))
             return config, model
         drop_class_head = classes_differ(source.config, config)
         if drop_class_head:
@@ -406,7 +416,8 @@ class Run:
     def prepare(self) -> None:
         """Optimizer and schedule of the VisTR steps; model, loader and both through accelerate."""
         optimizer = build_optimizer(self.model, self.args)
-        self.model, self.optimizer, self.loader = self.accelerator.prepare(self.model, optimizer, self.loader)
+        self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
+        self.loader = self._clip_loader(self.args.seed)
         # accelerate closes the accumulation window at the end of each epoch: the last step may take fewer batches
         self.steps_per_epoch = math.ceil(len(self.loader) / self.args.gradient_accumulation_steps)
         schedule = learning_rate_schedule(self.args, self.steps_per_epoch)
@@ -429,9 +440,8 @@ class Run:
         classifier = BoxClassifier(self.model.vistr.backbone, self.config.num_labels)
         optimizer = torch.optim.AdamW(classifier.parameters(), lr=args.backbone_pretraining_lr,
                                       weight_decay=args.weight_decay)  # fmt: skip
-        loader = DataLoader(self.clips, batch_size=args.batch_size, shuffle=True, collate_fn=collate_fn,
-                            num_workers=args.num_workers, generator=torch.Generator().manual_seed(args.seed + 1))
-        classifier, optimizer, loader = accelerator.prepare(classifier, optimizer, loader)
+        classifier, optimizer = accelerator.prepare(classifier, optimizer)
+        loader = self._clip_loader(args.seed + 1)
         progress = tqdm(total=args.backbone_pretraining_steps, desc="backbone pre-training", unit="step",
                         disable=not accelerator.is_local_main_process)  # fmt: skip
 
@@ -476,7 +486,11 @@ class Run:
     def run_epoch(self, skip_batches: int) -> None:
         self.clips.set_epoch(self.epoch)
         self.loader.set_epoch(self.epoch)
-        loader = self.accelerator.skip_first_batches(self.loader, skip_batches) if skip_batches else self.loader
+        loader = self.loader
+        if isinstance(self.clips, VisTRClipStream):
+            self.clips.resume_at(self.epoch, skip_batches)  # skipped without making their clips
+        elif skip_batches:
+            loader = self.accelerator.skip_first_batches(self.loader, skip_batches)
         progress = tqdm(loader, desc=f"epoch {self.epoch}", unit="batch", disable=not self.accelerator.is_local_main_process)
         for batch in progress:
             logged = self.train_step(batch)
@@ -520,18 +534,25 @@ class Run:
             save_model_folder(model, staging, self.processor)
             save_model_card(staging, build_model_card(
                 model.config, name=self.args.push_to_hub or final.name, provenance=self._provenance(),
-                datasets=[Path(self.args.data_root).name], metrics=metrics,
-                metrics_split=f"{len(self.validation_rows)} held-out videos of {Path(self.args.data_root).name}",
+                datasets=None if Path(self.args.data).exists() else self.args.data,  # a Hub dataset's id, not a path
+                metrics=metrics, metrics_split=f"{len(self.validation_rows)} held-out videos of the training data",
+                base_model=self.source.name if self.source is not None and self.source.is_hub_model else None,
             ))  # fmt: skip
             plot_loss_curve(self.history, staging / "loss_curve.png")
         return final
 
+    def _data_file(self) -> Path:
+        """The file that holds the training data's annotations: a folder's annotation JSON, or the parquet file."""
+        if Path(self.args.data).is_dir():
+            return Path(self.args.annotations or Path(self.args.data) / "annotations.json")
+        return Path(self.args.data)
+
     def _provenance(self) -> str:
         command = "accelerate launch train_accelerate.py " + shlex.join(sys.argv[1:])
-        annotation_file = self.args.annotations or Path(self.args.data_root) / "annotations.json"
-        lines = [(f"Trained with `{command}` for {self.step} optimizer steps ({self.epoch} epochs) on "
-                  f"`{annotation_file}` (SHA-256 `{file_sha256(annotation_file)}`), "
-                  f"{len(self.clips)} training clips from {self.clips.num_videos} videos.")]
+        data = self._data_file()
+        described = f"`{data}` (SHA-256 `{file_sha256(data)}`)" if data.is_file() else f"`{self.args.data}`"
+        lines = [(f"Trained with `{command}` for {self.step} optimizer steps ({self.epoch} epochs) on {described}, "
+                  f"{sum(self.train_lengths.values())} training clips from {len(self.train_lengths)} videos.")]
         if self.args.init_from:
             source = Path(self.args.init_from)
             digest = f" (SHA-256 `{file_sha256(source)}`)" if source.is_file() else ""
@@ -541,7 +562,7 @@ class Run:
 
 def run_inputs(args: argparse.Namespace) -> list[str]:
     """What a run reads, which none of its outputs may be or contain."""
-    return [path for path in (args.data_root, args.annotations, args.init_from) if path]
+    return [path for path in (args.data, args.annotations, args.init_from, args.config) if path and Path(path).exists()]
 
 
 def check_outputs(args: argparse.Namespace) -> None:

@@ -19,6 +19,7 @@ import pytest
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
+from vistr.tools.data_sources import open_training_data
 from vistr.tools.training_data import (
     AugmentationOptions,
     Clip,
@@ -26,6 +27,7 @@ from vistr.tools.training_data import (
     TrainTransform,
     ValidationTransform,
     VisTRClipDataset,
+    VisTRClipStream,
     bgr_to_hsv,
     clip_frame_indices,
     clip_to_example,
@@ -38,7 +40,13 @@ from vistr.tools.training_data import (
     random_size_crop,
     resize_clip,
 )
-from vistr.tools.youtube_vis import SyntheticOptions, load_youtube_vis, make_synthetic, youtube_vis_features
+from vistr.tools.youtube_vis import (
+    SyntheticOptions,
+    load_youtube_vis,
+    make_synthetic,
+    save_parquet,
+    split_by_video_id,
+)
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -475,8 +483,7 @@ def test_a_video_without_frames_is_refused_with_the_fix(synthetic):
     empty = {
         "video_id": 77, "width": 10, "height": 10, "length": 0, "file_names": [], "frames": [], "instances": [],
     }  # fmt: skip
-    features = youtube_vis_features(dataset.features["instances"].feature["label"].names)
-    broken = datasets.concatenate_datasets([dataset, datasets.Dataset.from_list([empty], features=features)])
+    broken = datasets.concatenate_datasets([dataset, datasets.Dataset.from_list([empty], features=dataset.features)])
     with pytest.raises(TrainingDataError, match=r"no frames \(ids \[77\]\).*filter"):
         VisTRClipDataset(broken, num_frames=3, transform=ValidationTransform())
     with pytest.raises(TrainingDataError, match="video 77 has no frames"):
@@ -488,3 +495,95 @@ def test_options_that_cannot_crop_are_refused():
         AugmentationOptions(crop_scales=(300, 500), crop_min_size=384)
     with pytest.raises(TrainingDataError, match="scales must be"):
         AugmentationOptions(scales=())
+
+
+# ---------------------------------------------------------------------------------------------- sources
+
+
+@pytest.fixture(scope="module")
+def sources(synthetic, tmp_path_factory) -> dict:
+    """The synthetic set as each kind of source: its folder, a `save_parquet` file, a dataset folder holding
+    that file (which `datasets.load_dataset` opens as parquet), and a datasets cache for them."""
+    _, images, dataset = synthetic
+    folder = tmp_path_factory.mktemp("sources")
+    (folder / "dataset").mkdir()
+    parquet = save_parquet(dataset, folder / "dataset" / "train.parquet")
+    return {"root": images.parent, "parquet": parquet, "dataset folder": parquet.parent, "cache": folder / "cache"}
+
+
+def test_every_source_gives_the_clips_of_the_folder(sources):
+    """Item by item, under one seed and epoch: the same held-out videos, frames, targets and augmentation from
+    the folder, the parquet file (as a file and as a dataset folder) and both streamed, against the map-style
+    clips of the folder loaded and split as before."""
+    reference_split = split_by_video_id(load_youtube_vis(sources["root"]), validation_fraction=0.4, seed=1)
+    reference = VisTRClipDataset(reference_split["train"], num_frames=3, transform=TrainTransform(SMALL), seed=11)
+    reference.set_epoch(1)
+    expected = [reference[index] for index in range(len(reference))]
+    cache = sources["cache"]
+    opened = {
+        "folder": open_training_data(sources["root"]),
+        "parquet file": open_training_data(sources["parquet"], cache_dir=cache),
+        "dataset folder": open_training_data(sources["dataset folder"], cache_dir=cache),
+        "streamed parquet file": open_training_data(sources["parquet"], streaming=True, cache_dir=cache),
+        "streamed folder": open_training_data(sources["root"], streaming=True),
+    }
+    for name, data in opened.items():
+        split = data.split(validation_fraction=0.4, seed=1)
+        assert list(split.validation["video_id"]) == list(reference_split["validation"]["video_id"]), name
+        if data.streaming:
+            clips = VisTRClipStream(split.train, split.train_lengths, 3, TrainTransform(SMALL), 11, shuffle_buffer=4)
+            clips.set_epoch(1)
+            examples = list(clips)
+            by_index = {example["item_index"]: example for example in examples}
+            assert len(examples) == len(by_index) == len(expected), name
+        else:
+            clips = VisTRClipDataset(split.train, num_frames=3, transform=TrainTransform(SMALL), seed=11)
+            clips.set_epoch(1)
+            by_index = {index: clips[index] for index in range(len(clips))}
+        assert sorted(by_index) == list(range(len(expected))), name
+        assert all(_same_example(by_index[index], example) for index, example in enumerate(expected)), name
+
+
+def test_the_stream_order_is_seeded_and_dealt_out_to_processes_and_workers(sources):
+    # the streamed folder: a streamed parquet file gives the same order (above) but datasets pauses 5 s per pass
+    data = open_training_data(sources["root"], streaming=True)
+    split = data.split(validation_fraction=0.4, seed=1)
+    total = sum(split.train_lengths.values())
+
+    def stream(seed: int = 11, epoch: int = 0, start_batch: int = 0, **options) -> VisTRClipStream:
+        clips = VisTRClipStream(split.train, split.train_lengths, 2, lambda clip, generator: clip, seed, **options)
+        clips.set_epoch(epoch)
+        clips.resume_at(epoch, start_batch)
+        return clips
+
+    def order(**options) -> list[int]:
+        return [example["item_index"] for example in stream(**options)]
+
+    whole = order()
+    assert sorted(whole) == list(range(total)) and whole != sorted(whole)  # every clip once, shuffled
+    assert order() == whole and order(epoch=1) != whole and order(seed=12) != whole
+    # two processes: alternate positions of the one-process order, as many for each
+    dealt = total // 2 * 2
+    first, second = order(rank=0, world_size=2), order(rank=1, world_size=2)
+    assert (first, second) == (whole[0:dealt:2], whole[1:dealt:2]) and len(stream(rank=1, world_size=2)) == total // 2
+    # a resume skips this process's batches already used
+    assert order(rank=1, world_size=2, batch_size=2, start_batch=2) == second[4:]
+    resumed = stream(start_batch=2)
+    resumed.set_epoch(1)  # the next epoch starts at its beginning
+    assert [example["item_index"] for example in resumed] == order(epoch=1)
+    # DataLoader workers share the batches out without changing the loader's order
+    loader = torch.utils.data.DataLoader(
+        stream(batch_size=2), batch_size=2, num_workers=2, collate_fn=lambda batch: [e["item_index"] for e in batch]
+    )
+    assert [index for batch in loader for index in batch] == whole
+
+
+def test_a_stream_refuses_lengths_that_are_not_its_videos(sources):
+    data = open_training_data(sources["root"], streaming=True)
+    lengths = dict(zip(data.videos.video_ids.tolist(), data.videos.lengths.tolist()))
+    first_video = next(iter(lengths))
+    wrong = {**lengths, first_video: lengths[first_video] + 1}
+    with pytest.raises(TrainingDataError, match=f"video {first_video} has .* frames in the stream but"):
+        list(VisTRClipStream(data.rows, wrong, 2, lambda clip, generator: clip, seed=0))
+    with pytest.raises(TrainingDataError, match="need 0 <= rank < world_size"):
+        VisTRClipStream(data.rows, lengths, 2, lambda clip, generator: clip, seed=0, rank=2, world_size=2)

@@ -39,12 +39,15 @@ Deliberate differences from the original, each because the original's behaviour 
 
     dataset = VisTRClipDataset(load_youtube_vis("ROOT"), num_frames=36, transform=TrainTransform())
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, shuffle=True, collate_fn=collate_fn)
+
+`VisTRClipStream` makes the same clips from a streaming source (`data_sources.open_training_data(...,
+streaming=True)`): item i is the same clip with the same augmentation, in a seeded shuffled order.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import datasets
@@ -512,28 +515,47 @@ def collate_fn(batch: Sequence[Mapping]) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """The generator item `index` of `epoch` draws its augmentation from: a function of the three numbers
+    only, so a clip is the same whichever process, worker, batch or order (map-style or streaming) makes it."""
+    mixed = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index) % (1 << 63)
+    return torch.Generator().manual_seed(mixed)
+
+
+def _example(
+    row: Mapping, frame_id: int, num_frames: int, transform: Callable[..., Clip], generator: torch.Generator | None
+) -> dict:
+    """Item (row, frame_id) as `clip_to_example` gives it; `transform` draws from `generator` (global RNG if None)."""
+    clip = make_clip(row, clip_frame_indices(frame_id, row["length"], num_frames))
+    return clip_to_example(transform(clip) if generator is None else transform(clip, generator))
+
+
+def _check_clip_options(video_ids: Sequence[int], lengths: Sequence[int], num_frames: int) -> None:
+    if num_frames < 1:
+        raise TrainingDataError(f"num_frames must be at least 1, not {num_frames}")
+    empty = [video for video, length in zip(video_ids, lengths) if length < 1]
+    if empty:
+        raise TrainingDataError(
+            f"{len(empty)} videos have no frames (ids {empty[:10]}); remove them first, "
+            "e.g. dataset.filter(lambda row: row['length'] > 0)"
+        )
+
+
 class VisTRClipDataset(torch.utils.data.Dataset):
     """Training clips over every (video, frame) pair of a YouTube-VIS `datasets.Dataset`, as the original.
 
     Item `i` is the clip (`clip_frame_indices`) ending at the `i`-th frame counted over all videos in
     row order, after `transform` (`TrainTransform`, `ValidationTransform` or any Clip -> Clip callable),
     as `clip_to_example` returns it. Without `seed`, random transforms draw from torch's global RNG. With
-    `seed`, item `i` of epoch `e` (`set_epoch`) draws from its own generator seeded by (seed, e, i): the
-    same augmentation whatever the worker count, the batch it lands in or a resume in mid-epoch.
+    `seed`, item `i` of epoch `e` (`set_epoch`) draws from `item_generator(seed, e, i)`: the same
+    augmentation whatever the worker count, the batch it lands in or a resume in mid-epoch.
     """
 
     def __init__(
         self, dataset: datasets.Dataset, num_frames: int, transform: Callable[..., Clip], seed: int | None = None
     ) -> None:
-        if num_frames < 1:
-            raise TrainingDataError(f"num_frames must be at least 1, not {num_frames}")
         lengths = [int(length) for length in dataset["length"]]
-        empty = [video for video, length in zip(dataset["video_id"], lengths) if length < 1]
-        if empty:
-            raise TrainingDataError(
-                f"{len(empty)} videos have no frames (ids {empty[:10]}); remove them first, "
-                "e.g. dataset.filter(lambda row: row['length'] > 0)"
-            )
+        _check_clip_options(dataset["video_id"], lengths, num_frames)
         self.num_frames = num_frames
         self.transform = transform
         self.seed = seed
@@ -548,14 +570,129 @@ class VisTRClipDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def _generator(self, index: int) -> torch.Generator:
-        mixed = (self.seed * 0x9E3779B97F4A7C15 + self.epoch * 0xBF58476D1CE4E5B9 + index) % (1 << 63)
-        return torch.Generator().manual_seed(mixed)
-
     def __getitem__(self, index: int) -> dict:
         video, frame_id = self.items[index]
         row = self._rows[video].to_pylist()[0]
-        clip = make_clip(row, clip_frame_indices(frame_id, row["length"], self.num_frames))
-        if self.seed is None:
-            return clip_to_example(self.transform(clip))
-        return clip_to_example(self.transform(clip, self._generator(index)))
+        generator = None if self.seed is None else item_generator(self.seed, self.epoch, index)
+        return _example(row, frame_id, self.num_frames, self.transform, generator)
+
+
+def _frame_items(rows: dict[str, list], spans: Mapping[int, tuple[int, int]]) -> dict[str, list]:
+    """Batched `map` over a row stream: each video -> one item per frame, numbered by `spans` (video id -> first
+    item, frames) as `VisTRClipDataset` numbers them. Items hold a reference to their row, not a copy, so a
+    shuffle buffer costs one row per video it has items of."""
+    items: dict[str, list] = {"index": [], "frame": [], "row": []}
+    for values in zip(*rows.values()):
+        row = dict(zip(rows, values))
+        first, length = spans.get(row["video_id"], (None, "no entry"))
+        if length != row["length"]:
+            raise TrainingDataError(
+                f"video {row['video_id']} has {row['length']} frames in the stream but {length} in video_lengths; "
+                "give the lengths of exactly the stream's videos"
+            )
+        for frame in range(length):
+            items["index"].append(first + frame)
+            items["frame"].append(frame)
+            items["row"].append(row)
+    return items
+
+
+class VisTRClipStream(torch.utils.data.IterableDataset):
+    """The clips of `VisTRClipDataset` from a streaming `datasets.IterableDataset` of YouTube-VIS rows.
+
+    `video_lengths` (video id -> frames, in the rows' order; `data_sources.TrainingSplit.train_lengths`)
+    numbers the items as `VisTRClipDataset` over the same rows would: item `i` is the same clip with the
+    same augmentation (`item_generator(seed, epoch, i)`), and each example also carries `"item_index": i`.
+
+    Order: every row expands to its frames' items, which datasets' `IterableDataset.shuffle(seed,
+    shuffle_buffer)` shuffles (shard order, then a buffer of `shuffle_buffer` items) with `set_epoch`
+    applied, so the order is a function of (seed, epoch) and the source's shards. Frames stay undecoded
+    until their clip is made; the buffer holds one row (its frames' bytes) per video it has items of.
+
+    Processes: item positions in that order are dealt out by position modulo `world_size` (not by
+    `datasets.distributed.split_dataset_by_node`, whose shard split would change the order with the number
+    of processes), before any clip is made; the last `total % world_size` positions are dropped so that
+    every process gets `len(self)` items and as many batches. Each process (and worker) reads the whole row
+    stream to do so. Give `world_size` > 1 only when nothing else splits the loader again (accelerate's
+    `prepare` does, for an iterable dataset). DataLoader workers: worker w of K makes this process's
+    batches w, w + K, ... (`batch_size` items each), so the loader's order does not depend on K.
+    """
+
+    def __init__(
+        self,
+        rows: datasets.IterableDataset,
+        video_lengths: Mapping[int, int],
+        num_frames: int,
+        transform: Callable[..., Clip],
+        seed: int,
+        *,
+        shuffle_buffer: int = 1000,
+        rank: int = 0,
+        world_size: int = 1,
+        batch_size: int = 1,
+    ) -> None:
+        _check_clip_options(list(video_lengths), list(video_lengths.values()), num_frames)
+        checks = [
+            (shuffle_buffer >= 1, f"shuffle_buffer must be at least 1, not {shuffle_buffer}"),
+            (0 <= rank < world_size, f"need 0 <= rank < world_size, not rank {rank} of {world_size}"),
+            (batch_size >= 1, f"batch_size must be at least 1, not {batch_size}"),
+        ]
+        for passed, message in checks:
+            if not passed:
+                raise TrainingDataError(message)
+        self.num_frames, self.transform, self.seed = num_frames, transform, seed
+        self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
+        self.epoch, self._resume_point = 0, (0, 0)
+        lengths = [int(length) for length in video_lengths.values()]
+        self.num_items = sum(lengths)
+        spans = dict(zip(video_lengths, zip(np.cumsum([0, *lengths[:-1]]).tolist(), lengths)))
+        undecoded = rows.cast_column("frames", datasets.List(datasets.Image(decode=False)))
+        columns = list(undecoded.features)
+        items = undecoded.map(_frame_items, batched=True, remove_columns=columns, fn_kwargs={"spans": spans})
+        self._items = items.shuffle(seed=seed, buffer_size=shuffle_buffer)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch (its order and augmentations). accelerate's loader calls it at every iteration."""
+        self.epoch = epoch
+
+    def resume_at(self, epoch: int, start_batch: int) -> None:
+        """A resume: of `epoch`, this process's first `start_batch` batches were used; they are skipped without
+        making their clips (in that epoch only, however often `set_epoch` is called)."""
+        self._resume_point = (epoch, start_batch)
+
+    @property
+    def start_batch(self) -> int:
+        """This process's batches of the current epoch skipped as used before a resume."""
+        epoch, start_batch = self._resume_point
+        return start_batch if epoch == self.epoch else 0
+
+    def __len__(self) -> int:
+        """Items this process yields per epoch (before `start_batch` is skipped)."""
+        return self.num_items // self.world_size
+
+    def _mine(self, position: int, worker_id: int, num_workers: int) -> bool:
+        """Whether this process, worker and resume point make the item at `position` of the epoch's order."""
+        local_batch = position // self.world_size // self.batch_size
+        return (
+            position % self.world_size == self.rank
+            and position < len(self) * self.world_size
+            and local_batch >= self.start_batch
+            and (local_batch - self.start_batch) % num_workers == worker_id
+        )
+
+    def __iter__(self) -> Iterator[dict]:
+        worker = torch.utils.data.get_worker_info()
+        worker_id, num_workers = (0, 1) if worker is None else (worker.id, worker.num_workers)
+        self._items.set_epoch(self.epoch)
+        position = 0
+        for batch in self._items.iter(batch_size=64):  # `iter`, unlike `__iter__`, splits nothing by worker
+            for index, frame, row in zip(batch["index"], batch["frame"], batch["row"]):
+                if self._mine(position, worker_id, num_workers):
+                    generator = item_generator(self.seed, self.epoch, index)
+                    yield {**_example(row, frame, self.num_frames, self.transform, generator), "item_index": index}
+                position += 1
+        if position != self.num_items:
+            raise TrainingDataError(
+                f"the stream held {position} clips but video_lengths promise {self.num_items}; "
+                "give the lengths of exactly the stream's videos"
+            )

@@ -14,6 +14,9 @@ becomes one dataset row per video, its frames decoded only when a row is read:
     save_parquet(dataset, "ytvis.parquet")                    # frames embedded, so the file stands alone
     datasets.load_dataset("parquet", data_files="ytvis.parquet", split="train")   # same features back
 
+The features record each category's id beside its name (`recorded_categories`), so a parquet file or a
+Hub copy needs no annotation file; `vistr.tools.data_sources.open_training_data` opens any of these.
+
 `make_synthetic` (the `vistr make-synthetic` command) writes such a folder of textured moving shapes,
 for tests, the demo and small training runs:
 
@@ -137,14 +140,25 @@ def compress_rle(rle: Mapping) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def youtube_vis_features(category_names: Sequence[str]) -> datasets.Features:
+# How `label`'s ClassLabel records the category ids: its free-form `id` attribute, which datasets keeps in
+# the parquet schema, in `load_dataset` results and in a Hub card's YAML, so the ids travel with the names.
+_CATEGORY_IDS_TAG = "category_ids="
+
+
+def youtube_vis_features(categories: Mapping[int, str]) -> datasets.Features:
     """The dataset schema: one row per video, its frames as lazily decoded images, its instances as tracks.
 
     A frame's segmentation is null where the instance is not visible, else either RLE (`counts` + `size`)
     or `polygons` (flat x, y lists), as in the source file, so nothing is lost or re-rasterized. `label`
-    indexes `category_names` (the file's categories ordered by id); `category_id` keeps the file's own id
-    for writing results.
+    indexes the category names ordered by id; `category_id` keeps the file's own id for writing results.
+    The ids themselves are recorded with the names (`recorded_categories`): a category no instance uses
+    would otherwise lose its id, and with it the model's class index, outside the annotation file.
     """
+    category_ids = sorted(categories)
+    label = datasets.ClassLabel(
+        names=[categories[category_id] for category_id in category_ids],
+        id=_CATEGORY_IDS_TAG + json.dumps(category_ids),
+    )
     segmentation = {
         "counts": datasets.Value("string"),
         "size": datasets.List(datasets.Value("int32"), length=2),
@@ -153,7 +167,7 @@ def youtube_vis_features(category_names: Sequence[str]) -> datasets.Features:
     instance = {
         "id": datasets.Value("int64"),
         "category_id": datasets.Value("int64"),
-        "label": datasets.ClassLabel(names=list(category_names)),
+        "label": label,
         "iscrowd": datasets.Value("int8"),
         "segmentations": datasets.List(segmentation),
         "bboxes": datasets.List(datasets.List(datasets.Value("float64"), length=4)),
@@ -170,6 +184,27 @@ def youtube_vis_features(category_names: Sequence[str]) -> datasets.Features:
             "instances": datasets.List(instance),
         }
     )
+
+
+def recorded_categories(features: datasets.Features) -> dict[int, str] | None:
+    """Category id -> name as `youtube_vis_features` recorded them; None where `features` has no such record
+    (a dataset in another schema, or one written before the ids were recorded)."""
+    instances = features.get("instances")
+    instance = instances.feature if isinstance(instances, datasets.List) else None
+    label = instance.get("label") if isinstance(instance, dict) else None
+    if not isinstance(label, datasets.ClassLabel) or not (label.id or "").startswith(_CATEGORY_IDS_TAG):
+        return None
+    try:
+        category_ids = json.loads(label.id.removeprefix(_CATEGORY_IDS_TAG))
+    except json.JSONDecodeError:
+        return None
+    valid = (
+        isinstance(category_ids, list)
+        and all(type(category_id) is int for category_id in category_ids)
+        and category_ids == sorted(set(category_ids))
+        and len(category_ids) == len(label.names)
+    )
+    return dict(zip(category_ids, label.names)) if valid else None
 
 
 def load_youtube_vis(
@@ -202,7 +237,7 @@ def load_youtube_vis(
         _video_row(video, instances_by_video[video["id"]], label_of, image_root)
         for video in tqdm(data["videos"], desc="videos", unit="video", disable=len(data["videos"]) < 1000)
     ]
-    return datasets.Dataset.from_list(rows, features=youtube_vis_features(list(categories.values())))
+    return datasets.Dataset.from_list(rows, features=youtube_vis_features(categories))
 
 
 def _categories_by_id(records: list[dict]) -> dict[int, str]:
@@ -233,6 +268,13 @@ def _video_row(video: dict, annotations: list[dict], label_of: Mapping[int, int]
     length = len(video["file_names"])
     if video.get("length", length) != length:
         raise AnnotationError(f"video {video['id']} has length {video['length']} but {length} file_names")
+    names = [Path(name) for name in video["file_names"]]
+    escaping = next((str(name) for name in names if name.is_absolute() or ".." in name.parts), None)
+    if escaping is not None:
+        raise AnnotationError(
+            f"video {video['id']}: file name {escaping!r} leaves the image folder; file_names must be relative "
+            "paths inside it"
+        )
     frames = [image_root / name for name in video["file_names"]]
     missing = next((frame for frame in frames if not frame.is_file()), None)
     if missing is not None:
@@ -296,21 +338,26 @@ def split_by_video_id(
     The validation videos are a seeded draw from the sorted video ids: the same ids for the same data and
     seed whatever the row order.
     """
+    video_ids = np.asarray(dataset["video_id"])
+    is_validation = np.isin(video_ids, validation_video_ids(video_ids, validation_fraction, seed))
+    return datasets.DatasetDict(
+        train=dataset.select(np.flatnonzero(~is_validation)),
+        validation=dataset.select(np.flatnonzero(is_validation)),
+    )
+
+
+def validation_video_ids(video_ids: Sequence[int], validation_fraction: float, seed: int) -> np.ndarray:
+    """The held-out videos of `split_by_video_id`: a seeded draw from the sorted distinct ids, so a streaming
+    source, which can only list its ids, holds out the same videos as the map-style one."""
     if not 0.0 < validation_fraction < 1.0:
         raise YouTubeVISError(f"validation_fraction must be between 0 and 1, not {validation_fraction}")
-    video_ids = np.asarray(dataset["video_id"])
-    unique_ids = np.unique(video_ids)
+    unique_ids = np.unique(np.asarray(video_ids))
     num_validation = int(round(validation_fraction * len(unique_ids)))
     if not 0 < num_validation < len(unique_ids):
         raise YouTubeVISError(
             f"a validation fraction of {validation_fraction} of {len(unique_ids)} videos leaves a split empty"
         )
-    validation_ids = np.random.default_rng(seed).permutation(unique_ids)[:num_validation]
-    is_validation = np.isin(video_ids, validation_ids)
-    return datasets.DatasetDict(
-        train=dataset.select(np.flatnonzero(~is_validation)),
-        validation=dataset.select(np.flatnonzero(is_validation)),
-    )
+    return np.random.default_rng(seed).permutation(unique_ids)[:num_validation]
 
 
 def save_parquet(dataset: datasets.Dataset, path: str | os.PathLike, *, batch_size: int = 64) -> Path:
