@@ -128,18 +128,32 @@ def test_an_interrupted_training_names_its_checkpoints(synthetic_root, tmp_path,
     assert_one_line_error(message, f"checkpoints saved so far are in {tmp_path / 'run' / 'checkpoints'}")
 
 
-def test_resuming_continues_exactly_like_an_uninterrupted_run(synthetic_root, tmp_path):
-    def run(output_dir, *extra):
-        arguments = train_arguments(synthetic_root, output_dir, "--checkpointing-steps", "2", *extra)
-        return train_accelerate.train(train_accelerate.build_parser().parse_args(arguments))
-
-    straight = run(tmp_path / "straight", "--max-steps", "5")
-    run(tmp_path / "stopped", "--max-steps", "2")
-    resumed = run(tmp_path / "stopped", "--max-steps", "5", "--resume-from-checkpoint", "latest")
-    expected, actual = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+def assert_same_weights(expected_folder, actual_folder, atol: float = 0.0) -> None:
+    expected, actual = load_file(expected_folder / "model.safetensors"), load_file(actual_folder / "model.safetensors")
     assert expected.keys() == actual.keys()
     for name in expected:
-        assert torch.equal(expected[name], actual[name]), name
+        if atol == 0.0:
+            assert torch.equal(expected[name], actual[name]), name
+        else:
+            torch.testing.assert_close(actual[name], expected[name], atol=atol, rtol=0, msg=name)
+
+
+def assert_resume_is_exact(arguments_of, tmp_path, stop: int, end: int) -> None:
+    """A run stopped after step `stop` and resumed to `end` ends with the uninterrupted run's weights."""
+    def run(output_dir, *extra):
+        return train_accelerate.train(train_accelerate.build_parser().parse_args(arguments_of(output_dir, *extra)))
+
+    straight = run(tmp_path / "straight", "--max-steps", str(end))
+    run(tmp_path / "stopped", "--max-steps", str(stop))
+    resumed = run(tmp_path / "stopped", "--max-steps", str(end), "--resume-from-checkpoint", "latest")
+    assert_same_weights(straight, resumed)
+
+
+def test_resuming_continues_exactly_like_an_uninterrupted_run(synthetic_root, tmp_path):
+    def arguments_of(output_dir, *extra):
+        return train_arguments(synthetic_root, output_dir, "--checkpointing-steps", "2", *extra)
+
+    assert_resume_is_exact(arguments_of, tmp_path, stop=2, end=5)
 
 
 def test_initialising_from_an_original_checkpoint_drops_only_what_does_not_fit(parity_dir):
@@ -275,27 +289,13 @@ def square_arguments(root, output_dir, *extra: str) -> list[str]:
             *extra]  # fmt: skip
 
 
-def assert_same_weights(expected_folder, actual_folder, atol: float = 0.0) -> None:
-    expected, actual = load_file(expected_folder / "model.safetensors"), load_file(actual_folder / "model.safetensors")
-    assert expected.keys() == actual.keys()
-    for name in expected:
-        if atol == 0.0:
-            assert torch.equal(expected[name], actual[name]), name
-        else:
-            torch.testing.assert_close(actual[name], expected[name], atol=atol, rtol=0, msg=name)
-
-
 def test_resuming_after_an_epoch_boundary_with_accumulation_is_exact(square_root, tmp_path):
     """12 batches an epoch, 5 accumulated: the epoch's third step takes 2 batches; stopped at step 4 (5
     batches into epoch 1) and resumed, the weights are those of the uninterrupted run, bit for bit."""
-    def run(output_dir, *extra):
-        arguments = square_arguments(square_root, output_dir, "--gradient-accumulation-steps", "5", *extra)
-        return train_accelerate.train(train_accelerate.build_parser().parse_args(arguments))
+    def arguments_of(output_dir, *extra):
+        return square_arguments(square_root, output_dir, "--gradient-accumulation-steps", "5", *extra)
 
-    straight = run(tmp_path / "straight", "--max-steps", "5")
-    run(tmp_path / "stopped", "--max-steps", "4")
-    resumed = run(tmp_path / "stopped", "--max-steps", "5", "--resume-from-checkpoint", "latest")
-    assert_same_weights(straight, resumed)
+    assert_resume_is_exact(arguments_of, tmp_path, stop=4, end=5)
 
 
 def launch_processes(processes: int, *arguments: str) -> str:
@@ -375,11 +375,7 @@ def test_a_parquet_source_trains_the_model_its_folder_trains(square_root, tmp_pa
 
 
 def test_a_streamed_source_trains_and_resumes_exactly(square_root, tmp_path):
-    def run(output_dir, *extra):
-        arguments = square_arguments(square_root, output_dir, "--streaming", "--gradient-accumulation-steps", "5", *extra)
-        return train_accelerate.train(train_accelerate.build_parser().parse_args(arguments))
+    def arguments_of(output_dir, *extra):
+        return square_arguments(square_root, output_dir, "--streaming", "--gradient-accumulation-steps", "5", *extra)
 
-    straight = run(tmp_path / "straight", "--max-steps", "5")
-    run(tmp_path / "stopped", "--max-steps", "4")
-    resumed = run(tmp_path / "stopped", "--max-steps", "5", "--resume-from-checkpoint", "latest")
-    assert_same_weights(straight, resumed)
+    assert_resume_is_exact(arguments_of, tmp_path, stop=4, end=5)
