@@ -34,6 +34,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+from transformers.utils import CONFIG_NAME
 from vistr.configuration_vistr import VisTRConfig
 from vistr.image_processing_vistr import VisTRVideoProcessor, processor_for_model
 from vistr.model_card import build_model_card, file_sha256, push_to_hub, save_model_card, save_model_folder
@@ -43,6 +44,7 @@ from vistr.tools.backbone_pretraining import BoxClassifier, pretrain_backbone
 from vistr.tools.cli import debug_requested, run_reporting_errors
 from vistr.tools.evaluation_youtube_vis import score_results
 from vistr.tools.model_source import (
+    ARCHITECTURE_FIELDS,
     build_config,
     check_mostly_loaded,
     classes_differ,
@@ -264,14 +266,20 @@ def save_checkpoint(
     if accelerator.is_main_process and staging.exists():
         shutil.rmtree(staging)  # left by a run that was killed while saving: ours, never complete
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging))
-    if accelerator.is_main_process:
-        state = finite_or_none({"step": step, "epoch": epoch, "history": history})  # a diverged loss is kept as null
-        (staging / STATE_FILE).write_text(json.dumps(state, allow_nan=False))
-        save_model_folder(accelerator.unwrap_model(model), staging, processor)
-        replace_folder(staging, final)  # the same step saved again replaces the old copy only once complete
-        if keep is not None:
-            remove_old_checkpoints(output_dir, keep)
+    try:
+        accelerator.save_state(str(staging))
+        if accelerator.is_main_process:
+            state = finite_or_none({"step": step, "epoch": epoch, "history": history})  # a diverged loss: null
+            (staging / STATE_FILE).write_text(json.dumps(state, allow_nan=False))
+            save_model_folder(accelerator.unwrap_model(model), staging, processor)
+            replace_folder(staging, final)  # the same step saved again replaces the old copy only once complete
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise CheckpointError(f"cannot save checkpoint {final.name} in {final.parent} ({error.strerror or error}); "
+                              "free space or fix the folder's permissions (--checkpoints-total-limit keeps fewer), "
+                              "then resume from the last complete checkpoint") from None  # fmt: skip
+    if accelerator.is_main_process and keep is not None:
+        remove_old_checkpoints(output_dir, keep)
     accelerator.wait_for_everyone()
 
 
@@ -281,6 +289,45 @@ def remove_old_checkpoints(output_dir: Path, keep: int) -> None:
     ours = [path for path in sorted((output_dir / "checkpoints").glob("step-*[0-9]")) if (path / STATE_FILE).is_file()]
     for path in ours[:-keep]:
         shutil.rmtree(path)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be written or resumed; the message names it and the fix."""
+
+
+def check_resumable(path: Path, config: VisTRConfig) -> dict:
+    """The checkpoint's training state, once its model is the one this run builds: a resume with other model
+    options (or from another run's folder) would fail deep inside `load_state`, or load the wrong weights."""
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+        saved = json.loads((path / CONFIG_NAME).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path} is not a complete checkpoint of this trainer ({error}); resume from another "
+                              "step-N folder in the run's checkpoints/") from None  # fmt: skip
+    differences = [f"{name} {there} there, {here} here" for name, there, here in _model_differences(saved, config)]
+    if differences:
+        raise CheckpointError(f"{path} holds another model ({'; '.join(differences)}); resume with the options and "
+                              "data of the run that wrote it")  # fmt: skip
+    if not isinstance(state, dict) or not all(isinstance(state.get(key), int) for key in ("step", "epoch")):
+        raise CheckpointError(f"{path / STATE_FILE} is damaged (no step and epoch); resume from another checkpoint")
+    return state
+
+
+def _model_differences(saved: Mapping, config: VisTRConfig) -> list[tuple[str, str, str]]:
+    """(field, saved value, this run's value) for each model field (and the classes) that differ, compared as JSON
+    (a saved config's keys are strings)."""
+    current = config.to_dict()
+    compared = [(name, json.dumps(saved.get(name), sort_keys=True), json.dumps(current.get(name), sort_keys=True))
+                for name in (*ARCHITECTURE_FIELDS, "id2label")]  # fmt: skip
+    return [(name, there, here) for name, there, here in compared if there != here]
+
+
+def load_failure(error: Exception) -> str:
+    """Why a checkpoint did not load, in one line. Torch's message for a file its safe loader refuses is not
+    passed on: it advises `weights_only=False`, which would run whatever code the file carries."""
+    if "weights_only" in str(error):
+        return "a file in it is damaged or holds objects other than tensors"
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def latest_checkpoint(output_dir: Path) -> Path:
@@ -459,9 +506,13 @@ class Run:
     def resume(self, checkpoint: str) -> int:
         """Restore model, optimizer, scheduler, RNGs and position; returns the batches to skip this epoch."""
         path = latest_checkpoint(self.output_dir) if checkpoint == "latest" else Path(checkpoint)
-        self.accelerator.load_state(str(path))
-        state = json.loads((path / STATE_FILE).read_text())
-        self.step, self.epoch, self.history = state["step"], state["epoch"], state["history"]
+        state = check_resumable(path, self.config)
+        try:
+            self.accelerator.load_state(str(path))
+        except Exception as error:  # missing files or tensors, damaged ones: torch and accelerate raise many types
+            raise CheckpointError(f"{path} cannot be resumed ({load_failure(error)}); resume from another "
+                                  "checkpoint") from None  # fmt: skip
+        self.step, self.epoch, self.history = state["step"], state["epoch"], state.get("history", [])
         return (self.step - self.epoch * self.steps_per_epoch) * self.args.gradient_accumulation_steps
 
     def train_step(self, batch: dict) -> dict[str, float] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -379,3 +380,50 @@ def test_a_streamed_source_trains_and_resumes_exactly(square_root, tmp_path):
         return square_arguments(square_root, output_dir, "--streaming", "--gradient-accumulation-steps", "5", *extra)
 
     assert_resume_is_exact(arguments_of, tmp_path, stop=4, end=5)
+
+
+# ------------------------------------------------------------------------------------------------- bad checkpoints
+
+
+@pytest.fixture(scope="module")
+def one_checkpoint(synthetic_root, tmp_path_factory):
+    """A run of one step: its checkpoint folder, to resume from (copied by each test that damages it)."""
+    output_dir = tmp_path_factory.mktemp("run")
+    train_accelerate.train(train_accelerate.build_parser().parse_args(
+        train_arguments(synthetic_root, output_dir, "--max-steps", "1")))
+    (checkpoint,) = (output_dir / "checkpoints").iterdir()
+    return checkpoint
+
+
+def damaged_copy(checkpoint, tmp_path, damage) -> str:
+    copy = shutil.copytree(checkpoint, tmp_path / checkpoint.name)
+    damage(copy)
+    return str(copy)
+
+
+@pytest.mark.parametrize("extra, damage, piece", [
+    (["--ffn-dim", "32"], lambda folder: None, "ffn_dim 64 there, 32 here"),  # resumed with another model option
+    ([], lambda folder: (folder / "model.safetensors").unlink(), "cannot be resumed"),
+    ([], lambda folder: (folder / train_accelerate.STATE_FILE).write_text("{"), "not a complete checkpoint"),
+    ([], lambda folder: (folder / "optimizer.bin").write_bytes(b"not a pickle"), "damaged or holds objects other"),
+])  # fmt: skip
+def test_a_checkpoint_that_cannot_be_resumed_ends_in_one_line(synthetic_root, one_checkpoint, tmp_path, capsys, extra,
+                                                              damage, piece):
+    checkpoint = damaged_copy(one_checkpoint, tmp_path, damage)
+    arguments = train_arguments(synthetic_root, tmp_path / "run", "--max-steps", "2", "--resume-from-checkpoint",
+                                checkpoint, *extra)  # fmt: skip
+    code, message = failed_command(capsys, train_accelerate.main, *arguments)
+    assert_one_line_error(message, piece)
+    assert code == 1 and "weights_only" not in message
+
+
+def test_a_full_disk_while_saving_a_checkpoint_ends_in_one_line_and_leaves_no_staging(synthetic_root, tmp_path, capsys,
+                                                                                       monkeypatch):
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(train_accelerate, "save_model_folder", no_space)
+    arguments = train_arguments(synthetic_root, tmp_path, "--max-steps", "1")
+    code, message = failed_command(capsys, train_accelerate.main, *arguments)
+    assert_one_line_error(message, "No space left on device")
+    assert code == 1 and list((tmp_path / "checkpoints").iterdir()) == []
