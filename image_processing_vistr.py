@@ -25,6 +25,7 @@ masks are bilinearly upsampled to the original frame size and thresholded, and a
 from __future__ import annotations
 
 import copy
+import heapq
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -48,6 +49,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MIN_FRAME_SCORE = 0.001  # the original writes no segmentation for a frame scored below this
 MIN_LINK_IOU = 0.1  # a clip's slot continues a track of the previous clip only if their masks overlap this much
+# the YouTube-VIS evaluator (maxDets) scores a video's best 100 results of each category: more never count
+RESULTS_PER_VIDEO_AND_CATEGORY = 100
 TORCH_RESAMPLING = {int(Image.Resampling.BILINEAR): "bilinear", int(Image.Resampling.BICUBIC): "bicubic"}
 # keys transformers itself writes into a saved processor config
 BOOKKEEPING_KEYS = frozenset(
@@ -289,17 +292,31 @@ def mask_confidence(mask_logits: torch.Tensor, threshold: float) -> tuple[torch.
     return (probabilities * inside).sum((-2, -1)), inside.sum((-2, -1))
 
 
-@dataclass
+@dataclass(eq=False)
 class _Track:
-    """One instance through a video: per frame its class score, class and mask (bool tensor, or RLE)."""
+    """One instance while clips can still extend it: per frame it covers, its class score, class and mask (bool
+    tensor, or RLE), and its mask confidence summed over those frames."""
 
     track_id: int
     scores: dict[int, torch.Tensor] = field(default_factory=dict)
     labels: dict[int, int] = field(default_factory=dict)
     masks: dict[int, torch.Tensor | dict | None] = field(default_factory=dict)
     nonempty: bool = False
-    # per frame: the mask probabilities summed over the cells above the mask threshold, and how many cells
-    mask_confidence: dict[int, tuple[float, int]] = field(default_factory=dict)
+    # over its frames: the mask probabilities summed over the cells above the mask threshold, and how many cells
+    probability_sum: float = 0.0
+    cells: int = 0
+
+
+@dataclass(frozen=True)
+class _ClosedTrack:
+    """A track no later clip can extend, reduced to its instance: score, label, and the scores and masks of the
+    frames it covers (the video's other frames are filled in only when the instances are listed)."""
+
+    track_id: int
+    score: float
+    label: int
+    frame_scores: dict[int, float]
+    masks: dict[int, torch.Tensor | dict | None]
 
 
 class ClipStitcher:
@@ -307,26 +324,37 @@ class ClipStitcher:
 
     Each clip's slots are linked to the previous clip's tracks by mask IoU over the frames the clips share
     (Hungarian matching, at least `min_link_iou`; others start new tracks), so an object keeps one id through
-    the video. Each frame takes its scores, labels and masks from the first clip that covers it. With
-    `mask_format="rle"` masks are encoded as soon as they are final, so memory does not grow with full masks.
+    the video. Each frame takes its scores, labels and masks from the first clip that covers it. A track that
+    the next clip does not continue has ended: it is closed at once, so each clip is compared with the open
+    tracks only (one per slot), and reduced to its instance, or dropped if it never drew a mask.
+
+    An instance covers every frame of the video, so the YouTube-VIS results of a long video in which the model
+    keeps seeing short-lived objects would grow with the square of its length. With `max_instances_per_label`
+    only the best that many instances of each label are kept (by score, ties to the smaller id): the evaluator
+    scores no more of a video and category (RESULTS_PER_VIDEO_AND_CATEGORY), so the others could never count.
+    With `mask_format="rle"` masks are encoded as soon as they are final, so memory does not grow with full masks.
     With `mask_score_weighting` an instance's score is also multiplied by its mask confidence (`mask_confidence`).
     """
 
     def __init__(self, target_size: Sequence[int] | None = None, processed_size: Sequence[int] | None = None,
                  mask_threshold: float = 0.5, mask_format: str = "bool", min_link_iou: float = MIN_LINK_IOU,
-                 mask_score_weighting: bool = False):  # fmt: skip
+                 mask_score_weighting: bool = False, max_instances_per_label: int | None = None):  # fmt: skip
         if mask_format not in ("bool", "rle"):
             raise ValueError(f"mask_format={mask_format!r}: use 'bool' (mask tensors) or 'rle' (COCO run-length code)")
+        if max_instances_per_label is not None and max_instances_per_label < 1:
+            raise ValueError(f"max_instances_per_label={max_instances_per_label} must be at least 1 (or None for all)")
         self.target_size = None if target_size is None else tuple(int(s) for s in target_size)
         self.processed_size = processed_size
         self.mask_threshold = mask_threshold
         self.mask_format = mask_format
         self.min_link_iou = min_link_iou
         self.mask_score_weighting = mask_score_weighting
-        self.tracks: list[_Track] = []
+        self.max_instances_per_label = max_instances_per_label
+        self._opened = 0  # tracks opened so far: the next one's id
+        self._open: list[_Track] = []  # the previous clip's tracks, by slot: the only ones a clip can continue
+        self._closed: dict[int, list[tuple[float, int, _ClosedTrack]]] = {}  # per label a min-heap by (score, -id)
         self._done: set[int] = set()
         self._previous: dict[int, torch.Tensor] = {}  # frame -> the previous clip's binary mask logits [n, h, w]
-        self._previous_tracks: list[_Track] = []
         self._size: tuple[int, int] | None = None  # of the masks, known with the first clip
 
     def add_clip(self, frame_indices: Sequence[int], logits: torch.Tensor, mask_logits: torch.Tensor) -> None:
@@ -339,6 +367,9 @@ class ClipStitcher:
         for position, frame in enumerate(frame_indices):
             positions.setdefault(int(frame), position)  # repeated frames: the first prediction
         slot_tracks = self._link(positions, masks)
+        for track in self._open:
+            if track not in slot_tracks:
+                self._close(track)
         new_frames = sorted(frame for frame in positions if frame not in self._done)
         if new_frames:
             chosen = [positions[frame] for frame in new_frames]
@@ -356,13 +387,14 @@ class ClipStitcher:
                     track.masks[frame] = mask if self.mask_format == "bool" else frame_rle(mask, float(score))
                     track.nonempty = track.nonempty or bool(nonempty[k, slot])
                     if self.mask_score_weighting:
-                        track.mask_confidence[frame] = (probability_sums[k][slot], cells[k][slot])
+                        track.probability_sum += probability_sums[k][slot]
+                        track.cells += cells[k][slot]
             self._done.update(new_frames)
         self._previous = {frame: masks[position] > 0 for frame, position in positions.items()}
-        self._previous_tracks = slot_tracks
+        self._open = slot_tracks
 
     def _link(self, positions: dict[int, int], masks: torch.Tensor) -> list[_Track]:
-        """The track of each slot of this clip: the previous clip's that it overlaps best, or a new one."""
+        """The track of each slot of this clip: the open track (the previous clip's) it overlaps best, or a new one."""
         shared = sorted(set(positions) & set(self._previous))
         slot_tracks: list[_Track | None] = [None] * masks.shape[1]
         if shared:
@@ -372,45 +404,64 @@ class ClipStitcher:
             iou = sequence_iou(previous, current).numpy()
             for before, now in zip(*optimize.linear_sum_assignment(-iou)):
                 if iou[before, now] >= self.min_link_iou:
-                    slot_tracks[now] = self._previous_tracks[before]
+                    slot_tracks[now] = self._open[before]
         return [track if track is not None else self._new_track() for track in slot_tracks]
 
     def _new_track(self) -> _Track:
-        self.tracks.append(_Track(track_id=len(self.tracks)))
-        return self.tracks[-1]
+        self._opened += 1
+        return _Track(track_id=self._opened - 1)
+
+    def _close(self, track: _Track) -> None:
+        """An ended track: its instance is kept if it drew a mask (and is among the best of its label)."""
+        if track.nonempty:
+            self._keep(self._closed, self._closed_track(track))
+
+    def _keep(self, kept: dict[int, list[tuple[float, int, _ClosedTrack]]], closed: _ClosedTrack) -> None:
+        """Add `closed` to the per-label heaps `kept`, dropping the worst of its label beyond the limit."""
+        heap = kept.setdefault(closed.label, [])
+        entry = (closed.score, -closed.track_id, closed)
+        if self.max_instances_per_label is None or len(heap) < self.max_instances_per_label:
+            heapq.heappush(heap, entry)
+        else:
+            heapq.heappushpop(heap, entry)
+
+    def _closed_track(self, track: _Track) -> _ClosedTrack:
+        """The track's instance. The score is the mean of the frame scores, times the track's mask confidence
+        with `mask_score_weighting`; the label the majority of the frame labels."""
+        frames = sorted(track.scores)  # a track that starts in a later clip covers the frames from there on
+        score = float(torch.stack([track.scores[frame] for frame in frames]).mean())
+        if self.mask_score_weighting:
+            score *= track.probability_sum / track.cells if track.cells else 0.0  # mean probability in its masks
+        label = VisTRVideoProcessor.majority_label(torch.tensor([track.labels[frame] for frame in frames]))
+        return _ClosedTrack(track.track_id, score, label, {frame: float(track.scores[frame]) for frame in frames},
+                            track.masks)  # fmt: skip
 
     def instances(self, threshold: float = 0.0, id2label: Mapping[int, str] | None = None) -> list[dict]:
-        """The tracks with a mask in some frame and a score of at least `threshold`, in id order, each with
-        `id`, `score`, `label` (class id), `label_name` (None without `id2label`), `frame_scores` [L] and
-        `masks` bool [L, H, W] or, for "rle", `segmentations` (per frame RLE or None, as YouTube-VIS results).
-        The score is the mean of the frame scores, times the track's mask confidence with `mask_score_weighting`."""
+        """The tracks with a mask in some frame and a score of at least `threshold` (the best
+        `max_instances_per_label` of each label), in id order, each with `id`, `score`, `label` (class id),
+        `label_name` (None without `id2label`), `frame_scores` [L] and `masks` bool [L, H, W] or, for "rle",
+        `segmentations` (per frame RLE or None, as YouTube-VIS results)."""
+        kept = {label: list(heap) for label, heap in self._closed.items()}
+        for track in self._open:  # the tracks of the last clip end with the video
+            if track.nonempty:
+                self._keep(kept, self._closed_track(track))
         found = []
-        for track in self.tracks:
-            frames = sorted(track.scores)  # a track that starts in a later clip covers the frames from there on
-            score = float(torch.stack([track.scores[frame] for frame in frames]).mean())
-            if self.mask_score_weighting:
-                score *= self._track_mask_confidence(track)
-            if not track.nonempty or score < threshold:
+        length = len(self._done)
+        for closed in sorted((entry[2] for heap in kept.values() for entry in heap), key=lambda c: c.track_id):
+            if closed.score < threshold:
                 continue
-            label = VisTRVideoProcessor.majority_label(torch.tensor([track.labels[frame] for frame in frames]))
-            masks = [track.masks.get(frame, self._no_mask()) for frame in range(len(self._done))]
+            no_mask = self._no_mask()
+            masks = [closed.masks.get(frame, no_mask) for frame in range(length)]
             found.append({
-                "id": track.track_id, "score": score, "label": label,
-                "label_name": None if id2label is None else id2label.get(label, str(label)),
-                "frame_scores": [float(track.scores[f]) if f in track.scores else None for f in range(len(self._done))],
+                "id": closed.track_id, "score": closed.score, "label": closed.label,
+                "label_name": None if id2label is None else id2label.get(closed.label, str(closed.label)),
+                "frame_scores": [closed.frame_scores.get(frame) for frame in range(length)],
                 **({"masks": torch.stack(masks)} if self.mask_format == "bool" else {"segmentations": masks}),
             })  # fmt: skip
         return found
 
-    @staticmethod
-    def _track_mask_confidence(track: _Track) -> float:
-        """The mean mask probability over all the track's mask cells (0 without any)."""
-        total = sum(probability_sum for probability_sum, _ in track.mask_confidence.values())
-        cells = sum(count for _, count in track.mask_confidence.values())
-        return total / cells if cells else 0.0
-
     def _no_mask(self) -> torch.Tensor | None:
-        """A frame before a track began: an empty mask, or no segmentation."""
+        """A frame outside a track: an empty mask, or no segmentation."""
         return torch.zeros(self._size, dtype=torch.bool) if self.mask_format == "bool" else None
 
 

@@ -5,7 +5,9 @@ its frames repeated up to T, as the original `inference.py` does; L >= T: overla
 frames, the last ending at the last frame). Each clip's outputs go straight into the processor's stitching
 (`ClipStitcher`, the post-processing of `post_process_instance_segmentation`): slots are linked to the
 previous clip's tracks by mask IoU, so an object keeps one id through the whole video. Only the frames of
-the clips of one forward are held at a time, and with RLE masks nothing else grows with L but the results.
+the clips of one forward are held at a time; a track that ends is closed at once (no later clip is compared
+with it) and only the instances the YouTube-VIS evaluator can score are kept (RESULTS_PER_VIDEO_AND_CATEGORY
+per label), so with RLE masks memory and results grow linearly with L.
 With `test_time_flips` (the processor's, or given) each clip's predictions are averaged with its flipped
 views' (flip_averaging.py) before stitching.
 """
@@ -19,12 +21,20 @@ import torch
 from transformers import Pipeline
 
 from .flip_averaging import check_flips, flip_averaged
-from .image_processing_vistr import ClipStitcher, VisTRVideoProcessor, clip_count, clip_stride, processor_for_model
+from .image_processing_vistr import (
+    RESULTS_PER_VIDEO_AND_CATEGORY,
+    ClipStitcher,
+    VisTRVideoProcessor,
+    clip_count,
+    clip_stride,
+    processor_for_model,
+)
 from .optional_dependencies import require
 
 TASK = "video-instance-segmentation"
-# the pipeline's defaults: the processor's post-processing defaults (DETR's threshold), masks as tensors
-PIPELINE_DEFAULTS = {"threshold": 0.5, "mask_format": "bool"}
+# the pipeline's defaults: the processor's post-processing defaults (DETR's threshold, every instance), masks as
+# tensors
+PIPELINE_DEFAULTS = {"threshold": 0.5, "mask_format": "bool", "max_instances_per_label": None}
 
 
 def _batches(items: Iterable, size: int) -> Iterator[list]:
@@ -44,12 +54,15 @@ class VideoSegmenter:
     `threshold` 0 keeps every instance (the YouTube-VIS results); `clips_per_forward` clips go through the
     model at once; `mask_format` as for `post_process_instance_segmentation` ("rle" by default: the memory
     of a long video stays small); `test_time_flips` (default: the processor's) are averaged with each clip;
-    `mask_score_weighting` (default: the processor's) multiplies scores by mask confidence.
+    `mask_score_weighting` (default: the processor's) multiplies scores by mask confidence;
+    `max_instances_per_label` keeps the best that many instances of each label (default: as many as the
+    YouTube-VIS evaluator scores, so the results of a long video grow linearly with it; None: all).
     """
 
     def __init__(self, model, processor: VisTRVideoProcessor, stride: int | None = None, mask_threshold: float = 0.5,
                  threshold: float = 0.0, clips_per_forward: int = 1, mask_format: str = "rle", device=None, dtype=None,
-                 test_time_flips: Sequence[str] | None = None, mask_score_weighting: bool | None = None):  # fmt: skip
+                 test_time_flips: Sequence[str] | None = None, mask_score_weighting: bool | None = None,
+                 max_instances_per_label: int | None = RESULTS_PER_VIDEO_AND_CATEGORY):  # fmt: skip
         self.model = model
         self.processor = processor
         self.num_frames = model.config.num_frames
@@ -60,6 +73,7 @@ class VideoSegmenter:
             raise ValueError(f"batch_size={clips_per_forward} must be at least 1 (clips per forward)")
         self.mask_threshold, self.threshold, self.mask_format = mask_threshold, threshold, mask_format
         self.clips_per_forward = clips_per_forward
+        self.max_instances_per_label = max_instances_per_label
         self.device = device if device is not None else next(model.parameters()).device
         self.dtype = dtype if dtype is not None else next(model.parameters()).dtype
 
@@ -72,7 +86,8 @@ class VideoSegmenter:
             if stitcher is None:
                 sizes = (clips.original_size, clips.processed_size)
                 stitcher = ClipStitcher(*sizes, self.mask_threshold, self.mask_format,
-                                        mask_score_weighting=self.mask_score_weighting)  # fmt: skip
+                                        mask_score_weighting=self.mask_score_weighting,
+                                        max_instances_per_label=self.max_instances_per_label)  # fmt: skip
             for index, (frames, _) in enumerate(batch):
                 stitcher.add_clip(frames, outputs.logits[index], outputs.pred_masks[index])
                 if on_clip:
