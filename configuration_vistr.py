@@ -8,6 +8,9 @@ weights are allocated.
 
 from __future__ import annotations
 
+import math
+import reprlib
+
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
@@ -36,6 +39,64 @@ REMOTE_CODE_AUTO_MAP = {
     "AutoModel": "modeling_vistr.VisTRModel",
     "AutoModelForInstanceSegmentation": "modeling_vistr.VisTRForVideoInstanceSegmentation",
 }
+
+
+# The type each field must have, by its annotation, and how a message names it. A bool is no number here, though
+# Python counts it as one: `"num_frames": true` in a config.json is a mistake, not 1 frame.
+_FIELD_TYPES = {
+    "int": ((int,), "an integer"),
+    "int | None": ((int, type(None)), "an integer or null"),
+    "float": ((int, float), "a finite number"),
+    "bool": ((bool,), "true or false"),
+    "str": ((str,), "a string"),
+}
+
+# The dtypes a model may be stored and run in (`dtype` in config.json).
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+# Generous bounds (the released models: 36 frames x 10 queries, d_model 384, 6 + 6 layers, ffn 2048, 41 classes).
+# A config past them is a typo or a hostile file, and would allocate its weights before anything else fails.
+FIELD_MAXIMA = {
+    "num_channels": 64, "num_frames": 1024, "num_queries_per_frame": 1024, "d_model": 4096, "num_attention_heads": 256,
+    "encoder_layers": 64, "decoder_layers": 64, "ffn_dim": 65536, "mask_head_width": 4096,
+    "instance_head_channels": 1024, "num_labels": 100_000,
+}  # fmt: skip
+# The transformer, queries, class head and mask head's first convolution together: 4 GB in float32, about 30 times
+# the released R50's (the backbone, at most a ResNet-152, comes on top).
+MAX_WEIGHTS = 10**9
+
+
+def config_problems(error: Exception) -> str:
+    """The problems a config error lists, in one line: the lines after its heading (VisTRConfig's "- ..." list, or
+    huggingface_hub's field validation), or its only line."""
+    lines = [line.strip().removeprefix("- ") for line in str(error).splitlines()]
+    return "; ".join(line for line in lines[1:] if line) or (lines[0] if lines else type(error).__name__)
+
+
+def has_field_type(value: object, annotation: str) -> bool:
+    """`value` is of the type `annotation` names (no bool for a number; numbers finite)."""
+    allowed, _ = _FIELD_TYPES[annotation]
+    if isinstance(value, bool) and bool not in allowed:
+        return False
+    return isinstance(value, allowed) and not (isinstance(value, float) and not math.isfinite(value))
+
+
+def _label_map_problem(id2label: object) -> str | None:
+    """Why `id2label` is not a map of every class index 0..n-1 to a name (JSON keys are strings), or None."""
+    example = 'e.g. {"0": "N/A", "1": "person"}'
+    if not isinstance(id2label, dict):
+        return f"id2label={reprlib.repr(id2label)} must map class indices to names, {example}"
+    keys = [key if isinstance(key, int) and not isinstance(key, bool) else str(key) for key in id2label]
+    if sorted(int(key) if str(key).isdigit() else -1 for key in keys) != list(range(len(keys))):
+        return f"id2label keys {reprlib.repr(keys)} must be the class indices 0 to {len(keys) - 1}, {example}"
+    if not all(isinstance(name, str) for name in id2label.values()):
+        return f"id2label names {reprlib.repr(list(id2label.values()))} must be strings, {example}"
+    return None
+
+
+def _raise_if_any(problems: list[str]) -> None:
+    if problems:
+        raise ValueError("Invalid VisTRConfig:\n- " + "\n- ".join(problems))
 
 
 def youtube_vis_2019_id2label(num_labels: int = 41) -> dict[int, str]:
@@ -133,6 +194,7 @@ class VisTRConfig(PreTrainedConfig):
     is_encoder_decoder: bool = True
 
     def __post_init__(self, **kwargs):
+        _raise_if_any(self._type_problems(kwargs.get("torch_dtype")))
         if self.id2label is None and kwargs.get("num_labels") is None:
             self.id2label = youtube_vis_2019_id2label()
         if self.backbone_config is None:
@@ -143,6 +205,22 @@ class VisTRConfig(PreTrainedConfig):
         self.label2id = {label: index for index, label in self.id2label.items()}
         self.auto_map = {**REMOTE_CODE_AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
         self._check_architecture()
+
+    def _type_problems(self, legacy_dtype: object = None) -> list[str]:
+        """Each field of the wrong type (a config.json edited by hand: "5" for 5, a list for id2label, "int8" for the
+        dtype: `legacy_dtype` is the older `torch_dtype` key), named before the arithmetic on it fails with a message
+        about the arithmetic."""
+        problems = [
+            f"{name}={reprlib.repr(getattr(self, name))} must be {_FIELD_TYPES[annotation][1]}"
+            for name, annotation in VisTRConfig.__annotations__.items()
+            if annotation in _FIELD_TYPES and not has_field_type(getattr(self, name), annotation)
+        ]
+        if self.id2label is not None and (label_problem := _label_map_problem(self.id2label)) is not None:
+            problems.append(label_problem)
+        dtype = self.dtype if self.dtype is not None else legacy_dtype
+        if dtype is not None and str(dtype).removeprefix("torch.") not in FLOAT_DTYPES:
+            problems.append(f"dtype={reprlib.repr(dtype)} must be one of the floating-point dtypes {FLOAT_DTYPES}")
+        return problems
 
     def _timm_backbone_config(self) -> dict:
         """The DETR port's way: a timm ResNet returning all four stages through the backbone API."""
@@ -175,8 +253,27 @@ class VisTRConfig(PreTrainedConfig):
         """Channels of the per-frame mask features fed to the 3-D head (24 for d_model 384)."""
         return self.mask_head_widths[-1]
 
+    @property
+    def approximate_weight_count(self) -> int:
+        """The weights of the transformer, the queries, the class head and the mask head's first convolution (the
+        parts whose size the config sets freely), known before any is allocated."""
+        d, ffn = self.d_model, self.ffn_dim
+        layers = self.encoder_layers * (4 * d * d + 2 * d * ffn) + self.decoder_layers * (8 * d * d + 2 * d * ffn)
+        return layers + (self.num_queries + self.num_labels) * d + 9 * (d + self.num_attention_heads) ** 2
+
+    def _size_problems(self) -> list[str]:
+        """Sizes past any VisTR model's (`FIELD_MAXIMA`, `MAX_WEIGHTS`): refused before the weights are allocated."""
+        problems = [f"{name}={getattr(self, name)} is over the limit of {maximum}"
+                    for name, maximum in FIELD_MAXIMA.items() if (getattr(self, name) or 0) > maximum]  # fmt: skip
+        if not problems and self.approximate_weight_count > MAX_WEIGHTS:
+            problems.append(
+                f"d_model, ffn_dim, the layers, queries and classes make about {self.approximate_weight_count:.2g} "
+                f"weights, over the limit of {MAX_WEIGHTS:.0g}"
+            )
+        return problems
+
     def _check_architecture(self) -> None:
-        problems = []
+        problems = self._size_problems()
         if self.backbone not in SUPPORTED_BACKBONES:
             problems.append(f"backbone={self.backbone!r} is not a ResNet; use one of {SUPPORTED_BACKBONES}")
         if self.d_model <= 0 or self.d_model % 48:
@@ -210,10 +307,9 @@ class VisTRConfig(PreTrainedConfig):
             problems.append(f"dropout={self.dropout} must be in [0, 1)")
         if self.num_labels < 1:
             problems.append("the model needs at least one class (num_labels / id2label)")
-        if problems:
-            raise ValueError("Invalid VisTRConfig:\n- " + "\n- ".join(problems))
+        _raise_if_any(problems)
 
 
 VisTRConfig.register_for_auto_class()
 
-__all__ = ["VisTRConfig", "youtube_vis_2019_id2label"]
+__all__ = ["VisTRConfig", "config_problems", "has_field_type", "youtube_vis_2019_id2label"]

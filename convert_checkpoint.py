@@ -13,15 +13,22 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import sys
+import zipfile
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from pathlib import Path
 
 import torch
-from vistr.configuration_vistr import VisTRConfig, youtube_vis_2019_id2label
+from vistr.configuration_vistr import (
+    FLOAT_DTYPES,
+    VisTRConfig,
+    config_problems,
+    has_field_type,
+    youtube_vis_2019_id2label,
+)
 from vistr.model_card import build_model_card, file_sha256, push_to_hub, save_model_card, save_model_folder
 from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation
-from vistr.tools.outputs import Outputs, UsageError, positive_int
+from vistr.tools.outputs import Outputs, foreign_model_folder, positive_int, shown
 
 
 class ConversionError(ValueError):
@@ -66,6 +73,16 @@ _PACKED_ATTENTION = re.compile(
 )
 # Buffers the original may carry that hold no model state (FrozenBatchNorm2d drops them too).
 _IGNORED = re.compile(r"\.num_batches_tracked$")
+# What a checkpoint may unpack to, and its weights stand for: the released VisTR-R101 with its optimizer state is
+# under 1 GB. Past it the file is damaged or crafted (a deflated record or an expanded tensor of a few MB can stand
+# for any size), and converting it would allocate that much.
+MAX_CHECKPOINT_BYTES = 4 * 2**30
+# The stored training args `infer_config` reads, with the types the original's argparse gives them.
+_STORED_ARGS = {
+    "num_frames": "int", "backbone": "str", "dilation": "bool", "aux_loss": "bool", "dropout": "float",
+    "set_cost_class": "float", "set_cost_bbox": "float", "set_cost_giou": "float", "bbox_loss_coef": "float",
+    "giou_loss_coef": "float", "mask_loss_coef": "float", "dice_loss_coef": "float", "eos_coef": "float",
+}  # fmt: skip
 
 # ResNet stage block counts -> timm name; basic-block ResNets have no `conv3`.
 _RESNET_DEPTHS = {
@@ -83,6 +100,7 @@ def load_original_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.T
     path = Path(path)
     if not path.is_file():
         raise ConversionError(f"{path}: no such file. Pass the original VisTR .pth file with --checkpoint.")
+    _check_unpacked_size(path)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -99,8 +117,32 @@ def load_original_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.T
         )
     if args is not None and not isinstance(args, argparse.Namespace):
         args = None
-    check_finite(state, path)
+    check_tensors(state, path)
+    _check_stored_args(args, path)
     return state, args
+
+
+def _check_stored_args(args: argparse.Namespace | None, path: Path) -> None:
+    """The stored training args `infer_config` reads hold the types the original gave them: another (a hand-edited
+    "36") would fail in its arithmetic, or become another setting without a word."""
+    wrong = [f"{name}={getattr(args, name)!r:.40}" for name, annotation in _STORED_ARGS.items()
+             if hasattr(args, name) and not has_field_type(getattr(args, name), annotation)]  # fmt: skip
+    if wrong:
+        raise ConversionError(f"{path}: its stored training args hold values of the wrong type ({', '.join(wrong)}); "
+                              "the file is damaged: use the original checkpoint")  # fmt: skip
+
+
+def _check_unpacked_size(path: Path) -> None:
+    """Refuse a zip checkpoint (torch.save's format) whose records unpack to more than `MAX_CHECKPOINT_BYTES`, before
+    `torch.load` allocates them: torch also reads deflated records, which a small file can inflate to any size."""
+    if not zipfile.is_zipfile(path):
+        return  # the legacy format, or no checkpoint at all: torch.load says which
+    with zipfile.ZipFile(path) as archive:
+        unpacked = sum(record.file_size for record in archive.infolist())
+    if unpacked > MAX_CHECKPOINT_BYTES:
+        raise ConversionError(f"{path} unpacks to {unpacked / 2**30:.1f} GiB, over the limit of "
+                              f"{MAX_CHECKPOINT_BYTES / 2**30:.0f} GiB for a VisTR checkpoint; the file is damaged or "
+                              "not a checkpoint: use the original one")  # fmt: skip
 
 
 def _unreadable_reason(path: Path, error: Exception) -> str:
@@ -114,10 +156,36 @@ def _unreadable_reason(path: Path, error: Exception) -> str:
             "it again and compare its size) or not a .pth file at all")
 
 
-def check_finite(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
-    """Refuse NaN or infinite weights: the model would load and then write NaN scores for every video."""
-    broken = [name for name, tensor in state.items()
-              if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all()]  # fmt: skip
+def _first(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+
+
+def check_tensors(state: Mapping[str, object], path: str | os.PathLike) -> None:
+    """Refuse, before any weight is copied or converted, what would give a wrong model or unbounded work: values
+    that are no tensors, weights stored in a dtype that is not floating point (`.float()` would silently make other
+    weights of them), tensors standing for more than `MAX_CHECKPOINT_BYTES` (an expanded view of a few bytes can
+    stand for gigabytes, which `.float()` would allocate) and NaN or infinite values (the model would load and then
+    write NaN scores for every video)."""
+    weights = {name: value for name, value in state.items() if not _IGNORED.search(name)}
+    foreign = [f"{name} ({type(value).__name__})" for name, value in weights.items()
+               if not isinstance(value, torch.Tensor)]  # fmt: skip
+    if foreign:
+        raise ConversionError(f"{path}: {len(foreign)} entries of its state dict are no tensors ({_first(foreign)}); "
+                              "the file is not a VisTR checkpoint: use the original one")  # fmt: skip
+    not_float = [f"{name} ({dtype})" for name, t in weights.items()  # `.float()` would make other numbers of them
+                 if (dtype := str(t.dtype).removeprefix("torch.")) not in FLOAT_DTYPES]  # fmt: skip
+    if not_float:
+        raise ConversionError(f"{path}: {len(not_float)} tensors are not floating point ({_first(not_float)}), so they "
+                              "are not VisTR's weights: use the original checkpoint")  # fmt: skip
+    values = sum(t.numel() * t.element_size() for t in weights.values())
+    if values > MAX_CHECKPOINT_BYTES:
+        name, largest = max(weights.items(), key=lambda item: item[1].numel())
+        raise ConversionError(
+            f"{path}: its tensors stand for {values / 2**30:.1f} GiB of values, over the limit of "
+            f"{MAX_CHECKPOINT_BYTES / 2**30:.0f} GiB ({name} alone is {list(largest.shape)}, stored in "
+            f"{largest.untyped_storage().nbytes()} bytes); the file is damaged or crafted: use the original checkpoint"
+        )
+    broken = [name for name, tensor in weights.items() if not torch.isfinite(tensor).all()]
     if broken:
         raise ConversionError(f"{path}: {len(broken)} tensors hold NaN or infinite values (first: {', '.join(broken[:3])}); "
                               "the file is damaged or from a diverged run: use another checkpoint")  # fmt: skip
@@ -190,7 +258,8 @@ def infer_config(
     num_frames: int | None = None,
     dilation: bool | None = None,
 ) -> VisTRConfig:
-    """Build the config from the tensors, and from `args` for what tensors cannot tell."""
+    """Build the config from the tensors, and from `args` for what tensors cannot tell. A missing tensor, or sizes
+    no VisTR model has (the config's own checks and limits), are one ConversionError line."""
     counts, bottleneck = _block_counts(state)
     backbone = _RESNET_DEPTHS.get((counts, bottleneck))
     if backbone is None:
@@ -198,36 +267,50 @@ def infer_config(
     stored_backbone = getattr(args, "backbone", None)
     if stored_backbone is not None and stored_backbone != backbone:
         raise ConversionError(f"{path}: args.backbone={stored_backbone!r} but the tensors are a {backbone}.")
-    d_model = state["vistr.input_proj.weight"].shape[0]
-    num_heads = state["mask_head.lay1.weight"].shape[1] - d_model  # lay1 sees memory + one map per head
-    num_queries = state["vistr.query_embed.weight"].shape[0]
+    d_model = _size(state, "vistr.input_proj.weight", 0, path)
+    num_heads = _size(state, "mask_head.lay1.weight", 1, path) - d_model  # lay1 sees memory + one map per head
+    num_queries = _size(state, "vistr.query_embed.weight", 0, path)
     frames = _frame_count(num_queries, args, num_frames, path)
-    num_labels = state["vistr.class_embed.weight"].shape[0] - 1
+    num_labels = _size(state, "vistr.class_embed.weight", 0, path) - 1
+    ffn_dim = _size(state, "vistr.transformer.encoder.layers.0.linear1.weight", 0, path)
+    instance_head_channels = _size(state, "insmask_head.0.weight", 0, path)
     dilation = bool(getattr(args, "dilation", False)) if dilation is None else dilation
-    return VisTRConfig(
-        backbone=backbone,
-        dilation=dilation,
-        num_frames=frames,
-        num_queries_per_frame=num_queries // frames,
-        d_model=d_model,
-        num_attention_heads=num_heads,
-        encoder_layers=_layer_count(state, "encoder"),
-        decoder_layers=_layer_count(state, "decoder"),
-        ffn_dim=state["vistr.transformer.encoder.layers.0.linear1.weight"].shape[0],
-        dropout=float(getattr(args, "dropout", 0.1)),
-        pre_norm="vistr.transformer.encoder.norm.weight" in state,
-        instance_head_channels=state["insmask_head.0.weight"].shape[0],
-        auxiliary_loss=bool(getattr(args, "aux_loss", True)),
-        class_cost=float(getattr(args, "set_cost_class", 1)),
-        bbox_cost=float(getattr(args, "set_cost_bbox", 5)),
-        giou_cost=float(getattr(args, "set_cost_giou", 2)),
-        bbox_loss_coefficient=float(getattr(args, "bbox_loss_coef", 5)),
-        giou_loss_coefficient=float(getattr(args, "giou_loss_coef", 2)),
-        mask_loss_coefficient=float(getattr(args, "mask_loss_coef", 1)),
-        dice_loss_coefficient=float(getattr(args, "dice_loss_coef", 1)),
-        eos_coefficient=float(getattr(args, "eos_coef", 0.1)),
-        id2label=youtube_vis_2019_id2label(num_labels),
-    )
+    try:  # the config's own checks, which also bound every size before any weight is allocated
+        return VisTRConfig(
+            backbone=backbone,
+            dilation=dilation,
+            num_frames=frames,
+            num_queries_per_frame=num_queries // frames,
+            d_model=d_model,
+            num_attention_heads=num_heads,
+            encoder_layers=_layer_count(state, "encoder"),
+            decoder_layers=_layer_count(state, "decoder"),
+            ffn_dim=ffn_dim,
+            dropout=float(getattr(args, "dropout", 0.1)),
+            pre_norm="vistr.transformer.encoder.norm.weight" in state,
+            instance_head_channels=instance_head_channels,
+            auxiliary_loss=bool(getattr(args, "aux_loss", True)),
+            class_cost=float(getattr(args, "set_cost_class", 1)),
+            bbox_cost=float(getattr(args, "set_cost_bbox", 5)),
+            giou_cost=float(getattr(args, "set_cost_giou", 2)),
+            bbox_loss_coefficient=float(getattr(args, "bbox_loss_coef", 5)),
+            giou_loss_coefficient=float(getattr(args, "giou_loss_coef", 2)),
+            mask_loss_coefficient=float(getattr(args, "mask_loss_coef", 1)),
+            dice_loss_coefficient=float(getattr(args, "dice_loss_coef", 1)),
+            eos_coefficient=float(getattr(args, "eos_coef", 0.1)),
+            id2label=youtube_vis_2019_id2label(num_labels),
+        )
+    except ValueError as error:  # VisTRConfig's: every problem, one per line
+        problems = config_problems(error)
+        raise ConversionError(f"{path}: its tensors describe a model VisTR cannot build: {problems}") from None
+
+
+def _size(state: Mapping[str, torch.Tensor], key: str, axis: int, path: str) -> int:
+    """`state[key].shape[axis]`, or one line saying the checkpoint lacks the tensor the config is read from."""
+    if key not in state or state[key].dim() <= axis:
+        raise ConversionError(f"{path}: {key} is missing or has fewer than {axis + 1} dimensions, so the checkpoint is "
+                              "incomplete or not VisTR's: use the released one")  # fmt: skip
+    return state[key].shape[axis]
 
 
 def _split_packed(name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -339,20 +422,25 @@ def write_folder_atomically(
 ) -> Path:
     """Build the folder next to `output` with `fill`, then rename it into place.
 
-    An existing non-empty folder is replaced only with `overwrite`, only if it is a model folder (holds
-    config.json), never if it is or holds one of `inputs` (the checkpoint), and only once the new one is
-    complete, so a failed run never leaves a half-written model where a good one was.
+    An existing non-empty folder is replaced only with `overwrite`, only if it is a model folder this project
+    wrote (`foreign_model_folder`), never if it is or holds one of `inputs` (the checkpoint), and only once the
+    new one is complete, so a failed run never leaves a half-written model where a good one was.
     """
     with Outputs(inputs) as outputs:  # the checks (UsageError) come before `fill` does any work
-        fill(outputs.folder(output, "--output", replace_if="config.json" if overwrite else None,
+        fill(outputs.folder(output, "--output", replace_unless=foreign_model_folder, overwrite=overwrite,
                             if_not_empty="pass --overwrite to replace it, or choose another --output"))
     return Path(output).resolve()
 
 
 def main(argv: list[str] | None = None) -> None:
+    """`python convert_checkpoint.py`: fails as `vistr convert` does (one `error:` line, exit code 2 for a bad
+    --output, 1 for a failure during the work; VISTR_DEBUG=1 shows the traceback)."""
+    from vistr.tools.cli import debug_requested, run_reporting_errors
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_arguments(parser)
-    run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    run_reporting_errors(partial(run, args), debug_requested(args))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -360,7 +448,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="folder to write (weights, configs, processor, code)")
     parser.add_argument("--num-frames", type=positive_int, default=None, help="frames per clip, for files without args")
     parser.add_argument("--dilation", action="store_true", default=None, help="DC5 backbone, for files without args")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an --output model folder this project wrote (never another folder)")
     parser.add_argument("--push-to-hub", metavar="REPO", help="also upload the folder to this Hub repo")
 
 
@@ -375,7 +464,7 @@ def run(args: argparse.Namespace) -> None:
     output = write_folder_atomically(args.output, args.overwrite, fill, inputs=[args.checkpoint])
     c = model.config
     print(
-        f"Converted {args.checkpoint} -> {output}\n"
+        f"Converted {shown(args.checkpoint)} -> {shown(output)}\n"
         f"  {c.backbone}{' DC5' if c.dilation else ''}, d_model {c.d_model}, {c.encoder_layers}+{c.decoder_layers} "
         f"layers, {c.num_frames} frames x {c.num_queries_per_frame} queries, {c.num_labels} classes + no-object"
     )
@@ -386,7 +475,7 @@ def run(args: argparse.Namespace) -> None:
 def _convert_into(args: argparse.Namespace, folder: Path) -> VisTRForVideoInstanceSegmentation:
     model = convert(args.checkpoint, num_frames=args.num_frames, dilation=args.dilation)
     card = build_model_card(
-        model.config, name=args.push_to_hub or Path(args.output).name, datasets=["youtube_vis"],
+        model.config, name=args.push_to_hub or shown(Path(args.output).name), datasets=["youtube_vis"],
         provenance=(
             f"Converted with `convert_checkpoint.py` from the original VisTR checkpoint `{Path(args.checkpoint).name}` "
             f"(SHA-256 `{file_sha256(args.checkpoint)}`); outputs equal the original implementation's "
@@ -400,10 +489,4 @@ def _convert_into(args: argparse.Namespace, folder: Path) -> VisTRForVideoInstan
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UsageError as error:  # a bad --output: exit code 2, as for any bad argument
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except ConversionError as error:
-        raise SystemExit(f"error: {error}") from None
+    main()

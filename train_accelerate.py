@@ -52,7 +52,15 @@ from vistr.tools.model_source import (
     read_config_file,
     read_model_source,
 )
-from vistr.tools.outputs import Outputs, UsageError, finite_or_none, non_negative_int, positive_int, replace_folder
+from vistr.tools.outputs import (
+    Outputs,
+    UsageError,
+    finite_or_none,
+    foreign_model_folder,
+    non_negative_int,
+    positive_int,
+    replace_folder,
+)
 from vistr.tools.training_data import AugmentationOptions, TrainTransform, VisTRClipDataset, VisTRClipStream, collate_fn
 from vistr.tools.data_sources import open_training_data
 
@@ -581,7 +589,7 @@ class Run:
             return final
         model = self.accelerator.unwrap_model(self.model)
         with Outputs(inputs=run_inputs(self.args)) as outputs:
-            staging = outputs.folder(final, "--output-dir model folder", replace_if="config.json")
+            staging = outputs.folder(final, "--output-dir model folder", replace_unless=foreign_model_folder)
             save_model_folder(model, staging, self.processor)
             save_model_card(staging, build_model_card(
                 model.config, name=self.args.push_to_hub or final.name, provenance=self._provenance(),
@@ -619,7 +627,7 @@ def run_inputs(args: argparse.Namespace) -> list[str]:
 def check_outputs(args: argparse.Namespace) -> None:
     """Before any work: the model folder the run ends with can be written and endangers no input."""
     Outputs(inputs=run_inputs(args)).check_folder(Path(args.output_dir) / "model", "--output-dir model folder",
-                                                  replace_if="config.json")  # fmt: skip
+                                                  replace_unless=foreign_model_folder)  # fmt: skip
 
 
 WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")

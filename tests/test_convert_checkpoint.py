@@ -124,10 +124,11 @@ def test_output_folder_is_never_half_written(tmp_path):
     output = tmp_path / "model"
     output.mkdir()
     (output / "keep.txt").write_text("user data")
-    with pytest.raises(UsageError, match="holds no config.json"):  # not a model folder: never replaced
+    with pytest.raises(UsageError, match="holds no config.json with model_type 'vistr'"):  # not ours: never replaced
         write_folder_atomically(output, overwrite=True, fill=lambda folder: None)
     (output / "keep.txt").unlink()
-    (output / "config.json").write_text("{}")  # an earlier conversion
+    (output / "config.json").write_text('{"model_type": "vistr"}')  # an earlier conversion: config and our card
+    (output / "README.md").write_text("---\ntags:\n- vistr\n---\n# an earlier conversion\n")
     with pytest.raises(UsageError, match="--overwrite"):
         write_folder_atomically(output, overwrite=False, fill=lambda folder: None)
 
@@ -137,7 +138,7 @@ def test_output_folder_is_never_half_written(tmp_path):
 
     with pytest.raises(RuntimeError, match="disk full"):
         write_folder_atomically(output, overwrite=True, fill=failing_fill)
-    assert [p.name for p in output.iterdir()] == ["config.json"]
+    assert sorted(p.name for p in output.iterdir()) == ["README.md", "config.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no staging folder left behind
 
     write_folder_atomically(output, overwrite=True, fill=lambda folder: (folder / "new.txt").write_text("x"))

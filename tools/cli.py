@@ -34,6 +34,7 @@ from vistr.tools.outputs import (
     open_probability,
     positive_int,
     probability,
+    shown,
 )
 
 
@@ -41,12 +42,12 @@ class ModelNotFoundError(ValueError):
     """A --model that is not a loadable model folder, nor a reachable Hub id."""
 
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 FOLDER_HINT = "pass a folder written by `vistr convert` or training"
 
 
 def _check_model_folder(folder: Path, name: str) -> None:
-    """What from_pretrained would trip over with a misleading message: no or a foreign config, no or damaged weights."""
+    """What from_pretrained would trip over with a misleading message: no config, or a foreign one (the weights and
+    the config's values are `load_checked_model`'s)."""
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise ModelNotFoundError(f"--model {name} is a folder without config.json, so not a model folder; {FOLDER_HINT}")
@@ -56,18 +57,6 @@ def _check_model_folder(folder: Path, name: str) -> None:
         raise ModelNotFoundError(f"--model {name}: config.json is not valid JSON; restore it, or convert the model again") from None
     if model_type != "vistr":
         raise ModelNotFoundError(f"--model {name}: config.json is for model_type {model_type!r}, not 'vistr'; {FOLDER_HINT}")
-    weights = next((folder / file for file in WEIGHT_FILES if (folder / file).is_file()), None)
-    if weights is None:
-        raise ModelNotFoundError(f"--model {name} holds no weights ({WEIGHT_FILES[0]}); {FOLDER_HINT}")
-    if weights.name == "model.safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(weights, framework="pt") as handle:
-                handle.keys()
-        except Exception as error:  # the Rust reader raises its own SafetensorError for any damage
-            raise ModelNotFoundError(f"--model {name}: model.safetensors is damaged ({error}); convert or download "
-                                     "the model again") from None  # fmt: skip
 
 
 def _hub_unreachable_reason(timeout: float = 3.0) -> str | None:
@@ -106,9 +95,9 @@ def _quiet_loading():
 
 
 def _load_model(model_path: str, **kwargs):
-    """The model of a folder or Hub id through the Auto class; one line naming the problem if there is none."""
-    from transformers import AutoModelForInstanceSegmentation
-    from vistr import modeling_vistr  # noqa: F401  (registers VisTR with the Auto classes)
+    """The model of a folder or Hub id, exactly as stored (`load_checked_model`); one line naming the problem if
+    there is none."""
+    from vistr.tools.model_loading import load_checked_model
 
     path = Path(model_path)
     looks_local = path.is_absolute() or model_path.startswith(".") or model_path.count("/") != 1
@@ -120,21 +109,14 @@ def _load_model(model_path: str, **kwargs):
         raise ModelNotFoundError(f"--model {model_path}: {problem}; {FOLDER_HINT}")
     elif (offline := _hub_unreachable_reason()) is not None:
         kwargs["local_files_only"] = True  # the cache may still hold it
-    with _quiet_loading():
+    with _quiet_loading():  # what the loading report would warn about, load_checked_model refuses
         try:
-            return AutoModelForInstanceSegmentation.from_pretrained(model_path, **kwargs)
+            return load_checked_model(model_path, f"--model {model_path}", **kwargs)[0]
         except OSError as error:
             reason = offline + " and it is not in the local cache" if offline else str(error).strip().splitlines()[0]
             raise ModelNotFoundError(
                 f"--model {model_path}: neither a model folder nor a reachable Hub model id ({reason}); {FOLDER_HINT}, "
                 "or a Hub id such as user/vistr-r50 (with network access)"
-            ) from None
-        except RuntimeError as error:
-            if "mismatched_sizes" not in str(error) and "size mismatch" not in str(error):
-                raise
-            raise ModelNotFoundError(
-                f"--model {model_path}: its weights do not fit its config.json (tensor shapes differ: was num_frames, "
-                "num_queries_per_frame or another size edited?); restore the config.json saved with these weights"
             ) from None
 
 
@@ -261,21 +243,43 @@ def _segment(args: argparse.Namespace) -> None:
     if args.annotations is not None:
         _segment_split(args)
         return
-    with Outputs(inputs=args.inputs) as outputs:  # every output checked now, replaced only if all succeed
+    with Outputs(inputs=_read_paths(args)) as outputs:  # every output checked now, replaced only if all succeed
         results_file = outputs.file(args.output, "--output")
         overlays = _overlay_paths(args.overlay, args.inputs)
         overlay_files = [outputs.file(path, "--overlay", OVERLAY_SUFFIXES) for path in overlays]
         model, processor = _load_for_inference(args.model, args.device, args.dtype)
         _check_stride(args.stride, model)
         _segment_inputs(args, model, processor, results_file, overlay_files)
-    print(f"results: {args.output} (every instance slot, as the YouTube-VIS benchmark expects)")
+    print(f"results: {shown(args.output)} (every instance, at most the best 100 per category: all that the YouTube-VIS evaluator scores)")
     for path in overlays:
-        print(f"overlay: {path}")
+        print(f"overlay: {shown(path)}")
+
+
+def _read_paths(args: argparse.Namespace) -> list[str | Path]:
+    """Everything `vistr segment` reads, which no output may be, lie in or contain: the videos, a split's
+    annotation file and frames root, and the model folder when --model is one, with every file in it (each
+    resolved where it links to, as the Hub cache's files do)."""
+    model = Path(args.model)
+    models = [model, *model.iterdir()] if model.is_dir() else [model] if model.exists() else []  # else a Hub id
+    return [path for path in (*args.inputs, args.annotations, args.frames_root, *models) if path is not None]
+
+
+def _check_split_apart(args: argparse.Namespace) -> None:
+    """The split job's outputs (results, their .parts folder, the archive) apart from all it reads, the model
+    folder included; `check_split_outputs` checks the rest."""
+    from vistr.tools.youtube_vis_inference import PartsFolder
+
+    outputs = Outputs(inputs=_read_paths(args))
+    parts = PartsFolder(Path(args.output), {}).folder
+    for path, what in ((args.output, "--output"), (parts, "--output (its .parts folder)"), (args.zip, "--zip")):
+        if path is not None:
+            outputs.check_apart(path, what)
 
 
 def _segment_split(args: argparse.Namespace) -> None:
     from vistr.tools.youtube_vis_inference import check_split_outputs, run_split
 
+    _check_split_apart(args)
     check_split_outputs(args.annotations, args.frames_root, args.output, args.zip)
     model, processor = _load_for_inference(args.model, args.device, args.dtype)
     _check_stride(args.stride, model)
@@ -306,7 +310,7 @@ def _segment_inputs(args: argparse.Namespace, model, processor, results_file: Pa
         _print_found(video_id, source, video, model.config.id2label, args.threshold)
     for source, video, path, staged in zip(args.inputs, videos, _overlay_paths(args.overlay, args.inputs), overlay_files):
         frames = overlay_frames(iter_frames(source), video["instances"], model.config.id2label, args.threshold)
-        frames = tqdm(frames, total=video["length"], desc=f"overlay {Path(path).name}", leave=False)
+        frames = tqdm(frames, total=video["length"], desc=f"overlay {shown(Path(path).name)}", leave=False)
         encode_video(frames, staged, video_fps(source), Path(path).suffix)
 
 

@@ -26,7 +26,8 @@ and it rejects malformed input with a message naming the result (or annotation),
 instead of a traceback, a silently wrong number or a hang: every RLE, of the results and of the ground
 truth, must have the video's [height, width] as its size and counts that decode to exactly
 height x width pixels, checked by a decoder of its own before pycocotools (which loops forever on
-counts that do not add up) sees it; scores must be finite numbers.
+counts that do not add up) sees it; scores must be finite numbers; ids must be integers, and video and
+category ids unique (the official index silently keeps the last record of an id).
 """
 
 from __future__ import annotations
@@ -46,7 +47,15 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
-from vistr.tools.youtube_vis import AnnotationError, YouTubeVISError, check_annotation_fields, read_json, rle_areas
+from vistr.tools.youtube_vis import (
+    AnnotationError,
+    YouTubeVISError,
+    check_annotation_fields,
+    describe_value,
+    is_integer,
+    read_json,
+    rle_areas,
+)
 
 # The official parameters (ytvoseval.Params.setDetParams), built the same way so the floats are identical.
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
@@ -144,8 +153,10 @@ def _check_video_sizes(videos: Mapping[int, dict]) -> None:
     for video_id, video in videos.items():
         for side in ("height", "width"):
             value = video[side]
-            if not _is_integer(value) or value <= 0:
-                raise AnnotationError(f'video {video_id}: "{side}" must be a positive integer, not {value!r}')
+            if not is_integer(value) or value <= 0:
+                raise AnnotationError(
+                    f'video {video_id}: "{side}" must be a positive integer, not {describe_value(value)}'
+                )
 
 
 def _load_ground_truth(data: Mapping) -> tuple[dict[int, dict], list[int], dict[tuple[int, int], _Tracks]]:
@@ -222,6 +233,12 @@ def _check_result(result: Any, index: int, videos: Mapping[int, dict]) -> list[d
     """Validate one result; return its per-frame segmentations with every falsy entry as None."""
     if not isinstance(result, dict):
         raise ResultsError(f"result #{index} is not a JSON object")
+    for field in ("video_id", "category_id"):
+        if field in result and not is_integer(result[field]):
+            raise ResultsError(
+                f'result #{index}: "{field}" must be an integer id from the annotation file, not '
+                f"{describe_value(result[field])}"
+            )
     missing = [field for field in RESULT_FIELDS if field not in result]
     name = f"result #{index} (video {result.get('video_id')})"
     if missing:
@@ -230,7 +247,7 @@ def _check_result(result: Any, index: int, videos: Mapping[int, dict]) -> list[d
     if video is None:
         raise ResultsError(f"{name} is for video {result['video_id']}, which is not in the annotation file")
     if not _is_finite_number(result["score"]):
-        raise ResultsError(f"{name}: score must be a finite number, not {result['score']!r}")
+        raise ResultsError(f"{name}: score must be a finite number, not {describe_value(result['score'])}")
     if not isinstance(result["segmentations"], list):
         raise ResultsError(f"{name}: segmentations must be a list with one entry per frame")
     return [_result_rle(rle, video, f"{name}, frame {frame}") for frame, rle in enumerate(result["segmentations"])]
@@ -464,17 +481,12 @@ def _uncompressed_counts_problem(counts: list, height: int, width: int) -> str |
     return None
 
 
-def _is_integer(value: Any) -> bool:
-    """An int or numpy integer, not a bool (a tuple isinstance: this runs once per mask side)."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
 def _size_problem(size: Any, height: int, width: int) -> str | None:
     """What is wrong with an RLE `size` for a video of height x width, or None."""
-    if isinstance(size, (list, tuple)) and len(size) == 2 and _is_integer(size[0]) and _is_integer(size[1]):
+    if isinstance(size, (list, tuple)) and len(size) == 2 and is_integer(size[0]) and is_integer(size[1]):
         if size[0] == height and size[1] == width:
             return None
-    return f"RLE size {size} is not the video's [height, width] [{height}, {width}]"
+    return f"RLE size {describe_value(size)} is not the video's [height, width] [{height}, {width}]"
 
 
 # ----------------------------------------------------------------------------------------------------------

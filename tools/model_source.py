@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from vistr.configuration_vistr import VisTRConfig
+from vistr.configuration_vistr import VisTRConfig, config_problems
 from vistr.convert_checkpoint import (
     ConversionError,
     check_is_vistr,
@@ -28,7 +28,7 @@ from vistr.convert_checkpoint import (
     load_original_checkpoint,
 )
 from vistr.image_processing_vistr import VisTRVideoProcessor
-from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation
+from vistr.tools.model_loading import ModelWeightsError, load_checked_model
 from vistr.tools.outputs import UsageError
 
 # Config fields that describe the model (and its loss); everything else a saved config holds is bookkeeping.
@@ -131,12 +131,17 @@ def _read_original_checkpoint(path: Path, num_frames: int | None) -> ModelSource
 
 
 def _read_pretrained(source: str, is_hub_model: bool) -> ModelSource:
+    """The source's weights as stored: missing ones are left out (reported and bounded by `load_fitting_weights`
+    and `check_mostly_loaded`); unexpected or reshaped tensors, non-float dtypes and non-finite values are refused,
+    as for inference (`load_checked_model`)."""
     try:
-        model, info = VisTRForVideoInstanceSegmentation.from_pretrained(source, output_loading_info=True)
+        model, never_stored = load_checked_model(source, f"--init-from {source}", allow_missing=True)
+    except ModelWeightsError as error:
+        raise UsageError(str(error)) from None
     except (OSError, ValueError) as error:
         raise UsageError(f"--init-from {source}: not a VisTR model folder or a reachable Hub model "
                          f"({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None  # fmt: skip
-    never_stored = set(info["missing_keys"])  # filled with random values by from_pretrained: not the source's
+    # filled with random values by from_pretrained: not the source's
     weights = {name: tensor for name, tensor in model.state_dict().items() if name not in never_stored}
     return ModelSource(name=source, config=model.config, processor=_read_processor(source), weights=weights,
                        is_hub_model=is_hub_model)  # fmt: skip
@@ -168,8 +173,7 @@ def _config(fields: Mapping[str, object], what: str) -> VisTRConfig:
     try:
         return VisTRConfig(**fields)
     except (ValueError, TypeError) as error:  # the config lists its problems one per line, in its field names
-        problems = [line.removeprefix("- ") for line in str(error).splitlines()[1:]] or [str(error)]
-        raise UsageError(f"{what} do not build a VisTR model: " + "; ".join(problems)) from None
+        raise UsageError(f"{what} do not build a VisTR model: {config_problems(error)}") from None
 
 
 def classes_differ(source: VisTRConfig | None, config: VisTRConfig) -> bool:

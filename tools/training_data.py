@@ -54,10 +54,12 @@ import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
+from datasets.utils.file_utils import is_local_path
 from PIL import Image
 from pycocotools import mask as mask_utils
 from vistr.image_processing_vistr import VisTRVideoProcessor, rescale_and_normalize, resized_size
 from vistr.tools.youtube_vis import YouTubeVISError
+from vistr.video_io import check_regular_file
 
 
 class TrainingDataError(YouTubeVISError):
@@ -199,7 +201,13 @@ def _clip_frames(row: Mapping, frame_indices: Sequence[int]) -> list[Image.Image
 
 
 def _decode_frame(value: Image.Image | Mapping) -> Image.Image:
-    return value if isinstance(value, Image.Image) else datasets.Image().decode_example(dict(value))
+    """A frame as a PIL image. One given only by a local path (a YouTube-VIS folder's) must still be a regular
+    file, as when the folder was loaded: a named pipe put in its place would hang training, not fail it."""
+    if isinstance(value, Image.Image):
+        return value
+    if value.get("bytes") is None and value.get("path") and is_local_path(value["path"]):
+        check_regular_file(value["path"])
+    return datasets.Image().decode_example(dict(value))
 
 
 def _instance_targets(

@@ -28,6 +28,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import reprlib
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,7 @@ from PIL import Image as PILImage
 from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 from vistr.tools.outputs import Outputs, dumps_json, positive_int
+from vistr.video_io import VideoReadError, check_regular_file
 
 
 class YouTubeVISError(ValueError):
@@ -60,6 +63,8 @@ LOADER_VIDEO_FIELDS = ("id", "width", "height", "file_names")
 LOADER_ANNOTATION_FIELDS = ("id", "video_id", "category_id", "segmentations", "areas", "bboxes", "iscrowd")
 LOADER_CATEGORY_FIELDS = ("id", "name")
 _LIST_FIELDS = frozenset({"file_names", "segmentations", "areas", "bboxes"})
+# Fields that hold ids, wherever a record has them: records are grouped and looked up by these.
+_ID_FIELDS = ("id", "video_id", "category_id")
 
 
 def read_json(path: str | os.PathLike, what: str) -> Any:
@@ -72,6 +77,21 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
             return json.load(file)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise YouTubeVISError(f"{what} {path} is not valid JSON: {error}") from None
+    except RecursionError:  # Python's parser recurses once per nested array or object
+        raise YouTubeVISError(
+            f"{what} {path} nests arrays or objects too deeply to read (Python's limit is about "
+            f"{sys.getrecursionlimit()} levels); a YouTube-VIS file needs a few, so check how it was written"
+        ) from None
+
+
+def is_integer(value: Any) -> bool:
+    """An int or numpy integer, not a bool (a tuple isinstance: this runs once per mask side)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def describe_value(value: Any) -> str:
+    """A value of an input file as a message shows it: its repr, shortened (a bad entry can be huge or deep)."""
+    return reprlib.repr(value)
 
 
 def check_annotation_fields(
@@ -98,11 +118,31 @@ def check_annotation_fields(
             raise AnnotationError(f'the annotation file has no "{section}" list')
         for index, record in enumerate(records):
             _check_record(record, index, kind, fields)
+        if section != "annotations":  # the evaluator keeps duplicate annotation ids as the official index does
+            check_unique_ids(records, kind)
+
+
+def check_unique_ids(records: Sequence[Mapping], kind: str) -> None:
+    """Refuse two records of one kind with the same id: records are looked up by id, so the second would
+    silently replace or merge with the first."""
+    seen = set()
+    for record in records:
+        if record["id"] in seen:
+            raise AnnotationError(
+                f"{kind} id {record['id']} appears twice in the annotation file; give each {kind} its own id"
+            )
+        seen.add(record["id"])
 
 
 def _check_record(record: Any, index: int, kind: str, fields: Iterable[str]) -> None:
     if not isinstance(record, dict):
         raise AnnotationError(f"{kind} #{index} is not a JSON object")
+    for field in _ID_FIELDS:
+        if field in record and not is_integer(record[field]):
+            raise AnnotationError(
+                f'{kind} #{index}: "{field}" must be an integer id, not {describe_value(record[field])} '
+                '(YouTube-VIS ids are integers: write 1, not "1")'
+            )
     name = f"{kind} {record['id']}" if "id" in record else f"{kind} #{index}"
     if kind == "annotation" and "video_id" in record:
         name += f" (video {record['video_id']})"
@@ -216,8 +256,9 @@ def load_youtube_vis(
     """Read a YouTube-VIS-layout folder into a `datasets.Dataset` (schema: `youtube_vis_features`).
 
     `annotation_file` defaults to ROOT/annotations.json and `image_dir` to ROOT/JPEGImages (the folder that
-    the videos' `file_names` are relative to). Every frame file is checked to exist now, so a missing one
-    is reported with its video instead of failing mid-training; pixels are decoded only when read.
+    the videos' `file_names` are relative to). Every frame file is checked now (`frame_files`: a regular
+    file inside that folder), so a missing one is reported with its video instead of failing mid-training;
+    pixels are decoded only when read.
     """
     root = Path(root)
     annotation_path = Path(annotation_file) if annotation_file is not None else root / "annotations.json"
@@ -241,11 +282,10 @@ def load_youtube_vis(
 
 
 def _categories_by_id(records: list[dict]) -> dict[int, str]:
-    """Category id -> name in id order, refusing duplicates (a label must mean one thing)."""
+    """Category id -> name in id order, refusing duplicate names (a label must mean one thing; ids are unique
+    by `check_annotation_fields`)."""
     names: dict[int, str] = {}
     for record in sorted(records, key=lambda record: record["id"]):
-        if record["id"] in names:
-            raise AnnotationError(f"category id {record['id']} appears twice")
         if record["name"] in names.values():
             raise AnnotationError(f'category name "{record["name"]}" appears twice')
         names[record["id"]] = record["name"]
@@ -254,8 +294,6 @@ def _categories_by_id(records: list[dict]) -> dict[int, str]:
 
 def _group_annotations(annotations: list[dict], videos: list[dict]) -> dict[int, list[dict]]:
     by_video: dict[int, list[dict]] = {video["id"]: [] for video in videos}
-    if len(by_video) != len(videos):
-        raise AnnotationError("two videos share an id")
     for annotation in annotations:
         if annotation["video_id"] not in by_video:
             name = f"annotation {annotation['id']}"
@@ -268,17 +306,8 @@ def _video_row(video: dict, annotations: list[dict], label_of: Mapping[int, int]
     length = len(video["file_names"])
     if video.get("length", length) != length:
         raise AnnotationError(f"video {video['id']} has length {video['length']} but {length} file_names")
-    names = [Path(name) for name in video["file_names"]]
-    escaping = next((str(name) for name in names if name.is_absolute() or ".." in name.parts), None)
-    if escaping is not None:
-        raise AnnotationError(
-            f"video {video['id']}: file name {escaping!r} leaves the image folder; file_names must be relative "
-            "paths inside it"
-        )
-    frames = [image_root / name for name in video["file_names"]]
-    missing = next((frame for frame in frames if not frame.is_file()), None)
-    if missing is not None:
-        raise AnnotationError(f"video {video['id']}: frame file {missing} does not exist")
+    frames = frame_files(video, image_root)
+    _check_storable_names(video)
     return {
         "video_id": video["id"],
         "width": video["width"],
@@ -288,6 +317,69 @@ def _video_row(video: dict, annotations: list[dict], label_of: Mapping[int, int]
         "frames": [str(frame) for frame in frames],
         "instances": [_instance(annotation, video, label_of) for annotation in annotations],
     }
+
+
+def _check_storable_names(video: Mapping) -> None:
+    """A dataset keeps file names as UTF-8 text, so a name that is not (Python reads a non-UTF-8 file name, and
+    JSON can carry one, as lone surrogates) cannot be a row; it is named here instead of failing in Arrow."""
+    for name in video["file_names"]:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise AnnotationError(
+                f"video {video['id']}: file name {name!r} is not UTF-8, and a dataset stores names as UTF-8 text; "
+                "rename the file and its file_names entry (`vistr segment --annotations` reads such names as they are)"
+            ) from None
+
+
+def check_file_names(video: Mapping) -> None:
+    """`file_names` must be a list of strings: anything else is named now rather than failing as a path."""
+    names = video["file_names"]
+    if not isinstance(names, list):
+        raise AnnotationError(f'video {video["id"]}: "file_names" must be a list of frame file names')
+    bad = next((index for index, name in enumerate(names) if not isinstance(name, str)), None)
+    if bad is not None:
+        raise AnnotationError(
+            f'video {video["id"]}: file_names entry #{bad} is {describe_value(names[bad])}, not a string; '
+            "file_names are frame file paths relative to the image folder"
+        )
+
+
+def frame_files(video: Mapping, image_root: Path) -> list[Path]:
+    """The video's frame files in `file_names` order, each a regular file inside `image_root`.
+
+    The root is a wall: an annotation file may come from anyone, and a name that is absolute or leads out
+    through `..` or a symlink (resolved) would read a file the user never gave; a pipe or device named as
+    a frame would hang or misbehave the reader. Such a video is refused, naming it and the file. The one
+    rule for every reader of YouTube-VIS frames (the dataset loader and the split job).
+    """
+    check_file_names(video)
+    root = image_root.resolve()
+    frames = []
+    for name in video["file_names"]:
+        path = image_root / name
+        resolved = _resolve(path, name, video)
+        if not resolved.is_relative_to(root):
+            raise AnnotationError(
+                f"video {video['id']}: file name {name!r} leaves the image folder {image_root} (it leads to "
+                f"{resolved}); file_names must be paths inside it, and links in it must stay inside"
+            )
+        try:
+            check_regular_file(path)
+        except VideoReadError as error:
+            raise AnnotationError(f"video {video['id']}: {error}") from None
+        frames.append(path)
+    return frames
+
+
+def _resolve(path: Path, name: str, video: Mapping) -> Path:
+    """`path` with every link followed; a name that cannot be followed is refused, naming the video."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError, ValueError) as error:  # RuntimeError: a link loop (Python < 3.13); ValueError: NUL
+        raise AnnotationError(
+            f"video {video['id']}: file name {name!r} cannot be followed ({error}); fix the name or the link"
+        ) from None
 
 
 def _instance(annotation: dict, video: dict, label_of: Mapping[int, int]) -> dict:
@@ -322,9 +414,10 @@ def _frame_segmentation(segmentation: Any, video: dict, name: str) -> dict | Non
         return {"counts": None, "size": None, "polygons": segmentation}
     if not (isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation):
         raise AnnotationError(f"{name}: a segmentation must be RLE (counts, size), polygons or null")
-    if list(segmentation["size"]) != [video["height"], video["width"]]:
+    size = segmentation["size"]
+    if not isinstance(size, (list, tuple)) or list(size) != [video["height"], video["width"]]:
         raise AnnotationError(
-            f"{name}: RLE size {segmentation['size']} is not the video's [height, width] "
+            f"{name}: RLE size {describe_value(size)} is not the video's [height, width] "
             f"[{video['height']}, {video['width']}]"
         )
     return {**compress_rle(segmentation), "polygons": None}

@@ -9,18 +9,20 @@ video (short ones repeat frames, long ones are linked across clips). Each finish
 `OUTPUT.parts/` at once, so a run that stops can be started again and skips what is done; the results
 file (and the zip the competition server expects, `results.json` at its root) is written, atomically,
 only when every video is there, and is identical whatever the number of processes or interruptions.
+An existing `OUTPUT.parts/` is resumed only if it holds nothing but what this job writes, and only those
+files are deleted at the end.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import resource
-import shutil
 import time
 import zipfile
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,11 +31,21 @@ from tqdm.auto import tqdm
 from vistr.image_processing_vistr import VisTRVideoProcessor
 from vistr.pipeline_vistr import VideoSegmenter
 from vistr.tools.evaluation_youtube_vis import format_summary, score_results
-from vistr.tools.outputs import Outputs, UsageError, atomic_path, dumps_json
-from vistr.tools.youtube_vis import AnnotationError, read_json
+from vistr.tools.outputs import Outputs, UsageError, atomic_path, dumps_json, foreign_folder, is_temporary, json_object
+from vistr.tools.youtube_vis import (
+    AnnotationError,
+    check_file_names,
+    check_unique_ids,
+    describe_value,
+    frame_files,
+    is_integer,
+    read_json,
+)
 from vistr.video_io import VideoReadError
 
 RUN_FILE = "run.json"
+# the files a parts folder holds besides RUN_FILE: one per finished video, one speed report per process
+_PART_FILE = re.compile(r"video--?\d+\.json|speed-\d+\.json")
 NON_FINITE_FIX = "the model's weights probably hold NaN or infinite values: convert or train it again"
 
 
@@ -73,22 +85,12 @@ def split_videos(annotations: Mapping, source: str) -> list[dict]:
     for index, video in enumerate(videos):
         if not isinstance(video, Mapping) or "id" not in video or not video.get("file_names"):
             raise AnnotationError(f'{source}: video #{index} needs an "id" and a non-empty "file_names" list')
-        if not isinstance(video["id"], int) or isinstance(video["id"], bool):
-            raise AnnotationError(f'{source}: video #{index} has "id" {video["id"]!r}; YouTube-VIS video ids are '
-                                  "integers (write 1, not \"1\")")  # fmt: skip
-    ids = [video["id"] for video in videos]
-    if len(set(ids)) != len(ids):
-        raise AnnotationError(f"{source}: two videos share an id")
+        if not is_integer(video["id"]):
+            raise AnnotationError(f'{source}: video #{index} has "id" {describe_value(video["id"])}; YouTube-VIS '
+                                  'video ids are integers (write 1, not "1")')  # fmt: skip
+        check_file_names(video)
+    check_unique_ids(videos, "video")
     return videos
-
-
-def frame_paths(video: Mapping, frames_root: Path) -> list[Path]:
-    """The video's frame files in `file_names` order; a missing one is named before any work starts."""
-    paths = [frames_root / name for name in video["file_names"]]
-    missing = next((path for path in paths if not path.is_file()), None)
-    if missing is not None:
-        raise VideoReadError(f"video {video['id']}: frame {missing} does not exist; check --frames-root")
-    return paths
 
 
 def check_model_classes(model, annotations: Mapping, source: str) -> None:
@@ -105,6 +107,23 @@ def check_model_classes(model, annotations: Mapping, source: str) -> None:
 # ------------------------------------------------------------------------------------------------- per-video parts
 
 
+def _is_part_file(name: str) -> bool:
+    """Whether `name` is one the split job writes in its parts folder (a temporary file of a killed run included)."""
+    return name == RUN_FILE or bool(_PART_FILE.fullmatch(name)) or is_temporary(name)
+
+
+def _not_a_run(folder: Path) -> str | None:
+    """Why the files of `folder` are not a split job's: it always writes its settings (RUN_FILE) first."""
+    return None if "annotations" in json_object(folder / RUN_FILE) else f"holds no {RUN_FILE} of a segment job"
+
+
+def foreign_parts_folder(folder: Path) -> str | None:
+    """Why `folder` is not a parts folder this job wrote, or None when it is (and may be resumed, then deleted):
+    only its settings and part files are there. A folder that merely has the name (`results.json.parts`
+    holding the user's files) is never used, so nothing in it is ever deleted."""
+    return foreign_folder(folder, _is_part_file, _not_a_run)
+
+
 class PartsFolder:
     """`OUTPUT.parts/`: one JSON file per finished video, written atomically, plus the run's settings."""
 
@@ -113,7 +132,8 @@ class PartsFolder:
         self.settings = dict(settings)
 
     def prepare(self) -> None:
-        """Create the folder, or check that an existing one belongs to the same job."""
+        """Create the folder, or check that an existing one (which `check_split_outputs` has recognised as one
+        this job wrote) belongs to the same run."""
         self.folder.mkdir(parents=True, exist_ok=True)
         run_file = self.folder / RUN_FILE
         if run_file.exists():
@@ -154,7 +174,13 @@ class PartsFolder:
         return total
 
     def remove(self) -> None:
-        shutil.rmtree(self.folder)
+        """Delete the files this job wrote, and the folder when nothing else is left: a file put there during the
+        run is not ours to delete."""
+        for entry in self.folder.iterdir():
+            if _is_part_file(entry.name) and entry.is_file() and not entry.is_symlink():
+                entry.unlink()
+        with suppress(OSError):  # not empty: what is left stays, with the folder
+            self.folder.rmdir()
 
 
 # ------------------------------------------------------------------------------------------------- timing
@@ -206,7 +232,7 @@ def segment_videos(segmenter: VideoSegmenter, videos: Sequence[Mapping], frames_
         for video in bar:
             if parts.done(video["id"]):
                 continue
-            paths = frame_paths(video, frames_root)
+            paths = frame_files(video, frames_root)
             try:
                 segmented = segmenter(paths)
             except VideoReadError as error:
@@ -222,8 +248,9 @@ def check_split_outputs(annotation_file: str | os.PathLike, frames_root: str | o
     """Refuse unusable outputs before any work, writing nothing (every process of a distributed job may run it)."""
     outputs = Outputs(inputs=[annotation_file, frames_root])
     outputs.check_file(output, "--output")
-    parts = Path(output).with_name(Path(output).name + ".parts")
-    outputs.check_file(parts / RUN_FILE, "--output (its .parts folder)")
+    parts = PartsFolder(Path(output), {}).folder
+    outputs.check_folder(parts, "--output (its .parts folder)", replace_unless=foreign_parts_folder)  # resumed if ours
+    outputs.check_file(parts / RUN_FILE, "--output (its .parts folder)")  # and can be written in
     if zip_path is not None:
         if Path(zip_path).resolve() == Path(output).resolve():
             raise UsageError(f"--zip {zip_path} is the --output file; give the archive another name")

@@ -104,6 +104,7 @@ def build_model_card(
         base_model: the Hub id of the model this one was fine-tuned from (`base_model` metadata).
         tags: tags besides the card's own (`push_to_hub(tags=...)`'s).
     """
+    name, provenance = _valid_text(name), _valid_text(provenance)
     datasets = [datasets] if isinstance(datasets, str) else list(datasets or [])
     metrics = _existing_metrics(metrics)
     data = ModelCardData(
@@ -166,6 +167,13 @@ It knows only its training classes and data: expect lower quality on other domai
 long occlusions. It is not meant for decisions about people (identification, surveillance).
 """
     return ModelCard(f"---\n{_yaml(metadata)}---\n{body}")
+
+
+def _valid_text(text: str) -> str:
+    """`text` as valid UTF-8, which a card is: a folder's name (the card's default name, a source path) may hold
+    bytes that are not, which Python keeps as lone surrogates (`os.fsdecode`) and cannot write as text; each
+    such byte becomes U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _yaml(metadata: Mapping) -> str:

@@ -33,7 +33,7 @@ from transformers.loss.loss_utils import LOSS_MAPPING
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.models.detr.modeling_detr import eager_attention_forward, replace_batch_norm
+from transformers.models.detr.modeling_detr import DetrFrozenBatchNorm2d, eager_attention_forward, replace_batch_norm
 from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
@@ -183,6 +183,12 @@ def _is_plain(module: nn.Module | None, cls: type) -> bool:
 ORIGINAL_INIT = "_vistr_original_init"
 
 
+# A frozen batch norm's identity: what its buffers hold before loading (`_init_weights`).
+_FROZEN_NORM_IDENTITY = {
+    "weight": init.ones_, "bias": init.zeros_, "running_mean": init.zeros_, "running_var": init.ones_,
+}  # fmt: skip
+
+
 def use_original_init(module: nn.Module, rule: str, kinds: tuple[type, ...]) -> None:
     """Mark every `kinds` leaf of `module` for `rule` ("xavier", "xavier, zero bias", "kaiming, zero bias",
     "zeros"), applied by `VisTRPreTrainedModel._init_weights`."""
@@ -202,6 +208,19 @@ def _replace_batch_norm_by_group_norm(module: nn.Module) -> None:
             setattr(module, name, nn.GroupNorm(math.gcd(32, channels), channels, eps=child.eps))
         else:
             _replace_batch_norm_by_group_norm(child)
+
+
+def _as_initialised_as(model: nn.Module, backbone: nn.Module) -> None:
+    """Mark the frozen norms of `model` initialised exactly when `backbone` (transformers' backbone model) was.
+
+    They replace its batch norms holding their values, so `_init_weights` leaves them alone where those were set (a
+    fresh ResNet keeps timm's zero-initialised last norms) and fills them where they were not: a model built on the
+    meta device, or under `from_pretrained`, whose checkpoint lacks them.
+    """
+    initialised = getattr(backbone, "_is_hf_initialized", False)
+    for module in model.modules():
+        if isinstance(module, DetrFrozenBatchNorm2d):
+            module._is_hf_initialized = initialised
 
 
 # The parameter-name prefixes of the backbone's stages, in order: 0 = the stem, then layer1..layer4.
@@ -233,6 +252,7 @@ class VisTRConvBackbone(nn.Module):
         # speed (frozen_batch_norm.py): each frozen norm folded into the convolution before it, same weights
         if config.backbone_norm == "frozen_batch_norm":
             fold_frozen_batch_norms(self.model)
+            _as_initialised_as(self.model, backbone)
         # oneDNN runs convolutions, norms and pooling fastest channels-last (NHWC) on CPU, with the same values:
         # a training step with trained norms takes 4-12 % less (benchmarks/bench_train_step.py), and the max
         # pool alone 4-5x less. A switch, so the benchmark can time the channels-first layout it replaced.
@@ -432,8 +452,20 @@ class VisTRPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """transformers' defaults, then the original's rule where the module carries one (`use_original_init`)."""
+        """transformers' defaults, then the original's rule where the module carries one (`use_original_init`).
+
+        transformers' defaults miss the frozen batch norms (`DetrFrozenBatchNorm2d` and the folded ones are no
+        `nn.BatchNorm2d`) and the deformable convolution: without them, the tensors of a model built on the meta
+        device, or loaded without them, keep whatever memory they were given, and the model outputs NaN. The
+        frozen norms get the identity, as transformers' DETR-family backbones reset their batch norms. (Matched by
+        class, not by a name holding "BatchNorm": `FrozenBatchNormConv2d` is a convolution.)
+        """
         super()._init_weights(module)
+        if isinstance(module, DetrFrozenBatchNorm2d):
+            for name, fill in _FROZEN_NORM_IDENTITY.items():
+                fill(getattr(module, name))
+        elif isinstance(module, DeformConv2d):  # no `nn.Conv2d`: its own rule (transformers guards it like `init`)
+            module.reset_parameters()
         rule = getattr(module, ORIGINAL_INIT, None)
         if rule is None:
             return

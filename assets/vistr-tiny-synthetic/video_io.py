@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,14 +34,47 @@ class VideoReadError(ValueError):
     """A video or frame folder that cannot be read; the message names the file and the fix."""
 
 
+# What a path is when it is not a regular file, by `stat.S_IFMT` of its mode.
+_FILE_KINDS = {
+    stat.S_IFDIR: "a folder",
+    stat.S_IFIFO: "a named pipe",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def check_regular_file(path: str | os.PathLike) -> None:
+    """Refuse anything but a regular file (symlinks followed) before it is opened: reading a named pipe
+    waits forever for a writer, a device can be endless or act on being opened, a socket cannot be read.
+    Every frame or video read from a path passes here first."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise VideoReadError(f"{path} does not exist (or is a broken link). Check the path.") from None
+    except (OSError, ValueError) as error:  # ValueError: a NUL character in the name
+        reason = getattr(error, "strerror", None) or error
+        raise VideoReadError(f"{path}: cannot be read ({reason}). Check the path and its permissions.") from None
+    if not stat.S_ISREG(mode):
+        kind = _FILE_KINDS.get(stat.S_IFMT(mode), "a special file")
+        raise VideoReadError(
+            f"{path} is {kind}, not a regular file; only regular files are read as frames or videos. "
+            "Remove it or replace it with the image or video file."
+        )
+
+
 def _natural_key(path: Path) -> list:
     """Sort `frame2.jpg` before `frame10.jpg`, as people number frames."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
 
 
 def list_frame_files(folder: str | os.PathLike) -> list[Path]:
+    """The frame files of a folder in natural order, each checked to be a regular file now, so that a pipe or
+    a folder among them is named before any frame is decoded rather than after most of a long video."""
     folder = Path(folder)
     files = sorted((p for p in folder.iterdir() if p.suffix.lower() in FRAME_EXTENSIONS), key=_natural_key)
+    for path in files:
+        check_regular_file(path)
     if not files:
         raise VideoReadError(
             f"{folder}: no frames found (expected image files with one of {sorted(FRAME_EXTENSIONS)}). "
@@ -52,6 +86,7 @@ def list_frame_files(folder: str | os.PathLike) -> list[Path]:
 def _open_image(path: Path) -> Image.Image:
     """One frame file, as displayed (see `_as_displayed`). An animated image cannot be one frame: reading
     only its first picture would silently drop the rest."""
+    check_regular_file(path)
     try:
         with Image.open(path) as image:
             frames = getattr(image, "n_frames", 1)
@@ -195,8 +230,9 @@ def iter_frames(source, channels_first: bool | None = None) -> Iterator[Image.Im
         path = Path(source)
         if path.is_dir():
             return _iter_frame_folder(list_frame_files(path))
-        if not path.is_file():
+        if not path.exists():
             raise VideoReadError(f"{path}: no such video file or frame folder.")
+        check_regular_file(path)
         if path.suffix.lower() in FRAME_EXTENSIONS:
             return _iter_image_file(path)
         return _iter_video_file(path)
