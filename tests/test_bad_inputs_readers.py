@@ -504,13 +504,19 @@ def test_the_loader_reads_only_regular_files_inside_the_image_folder(tmp_path, c
         load_youtube_vis(root)
 
 
-def test_the_loader_names_a_non_utf8_file_name_it_cannot_store(tmp_path):
+def folder_with_a_non_utf8_frame_name(tmp_path) -> Path:
+    """A YouTube-VIS folder whose video 5 names its second frame with a byte that is not UTF-8."""
     root = tmp_path / "ytvis"
     data = youtube_vis_folder(root)
     odd = os.fsdecode(b"clip/\xff1.jpg")
     (root / "JPEGImages" / "clip" / "1.jpg").rename(root / "JPEGImages" / odd)
     data["videos"][0]["file_names"][1] = odd
     write_annotations(root, data)
+    return root
+
+
+def test_the_loader_names_a_non_utf8_file_name_it_cannot_store(tmp_path):
+    root = folder_with_a_non_utf8_frame_name(tmp_path)
     with pytest.raises(AnnotationError, match=r"video 5: file name 'clip/\\udcff1.jpg' is not UTF-8, .* rename"):
         load_youtube_vis(root)
 
@@ -551,12 +557,7 @@ def test_the_split_job_reads_only_regular_files_inside_the_frames_root(tmp_path,
 
 
 def test_the_split_job_reads_non_utf8_file_names(tmp_path, bundled_model):
-    root = tmp_path / "ytvis"
-    data = youtube_vis_folder(root)
-    odd = os.fsdecode(b"clip/\xff1.jpg")
-    (root / "JPEGImages" / "clip" / "1.jpg").rename(root / "JPEGImages" / odd)
-    data["videos"][0]["file_names"][1] = odd
-    write_annotations(root, data)
+    root = folder_with_a_non_utf8_frame_name(tmp_path)
     assert split_job(root, bundled_model, tmp_path / "results.json") == ""
     assert {result["video_id"] for result in json.loads((tmp_path / "results.json").read_text())} == {5}
 

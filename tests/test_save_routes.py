@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 from huggingface_hub import ModelCard
+from test_model_card import local_hub  # noqa: F401  (fixture: a local stand-in for the Hub API)
 from test_train_accelerate import synthetic_root, train_arguments  # noqa: F401  (fixture and helper)
 from transformers import AutoModelForInstanceSegmentation, AutoVideoProcessor
 from vistr import convert_checkpoint, train_accelerate
@@ -79,26 +78,8 @@ def small_model() -> VisTRForVideoInstanceSegmentation:
     return model
 
 
-class LocalHubApi:
-    """Stands in for transformers' `hf_api()`: repos are folders under `root`, commits copy their files."""
-
-    def __init__(self, root: Path):
-        self.root = root
-
-    def create_repo(self, repo_id, **kwargs):
-        (self.root / repo_id).mkdir(parents=True, exist_ok=True)
-        return SimpleNamespace(repo_id=repo_id)
-
-    def create_commit(self, repo_id, operations, **kwargs):
-        for operation in operations:
-            target = self.root / repo_id / operation.path_in_repo
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(operation.path_or_fileobj, target)
-        return f"local://{repo_id}"
-
-
 @pytest.fixture
-def folders(tmp_path, monkeypatch, parity_dir, synthetic_root) -> dict[str, Path]:  # noqa: F811
+def folders(tmp_path, monkeypatch, parity_dir, synthetic_root, local_hub) -> dict[str, Path]:  # noqa: F811
     from transformers.utils import hub
 
     made = {name: tmp_path / name for name in ("model-only", "model-and-processor", "reloaded", "pipeline")}
@@ -112,7 +93,6 @@ def folders(tmp_path, monkeypatch, parity_dir, synthetic_root) -> dict[str, Path
     pipe = VideoInstanceSegmentationPipeline(model=model, video_processor=processor, device="cpu")
     pipe.save_pretrained(made["pipeline"])
 
-    monkeypatch.setattr(hub, "hf_api", lambda: LocalHubApi(tmp_path / "hub"))
     monkeypatch.setattr(hub, "create_and_tag_model_card", lambda *args, **kwargs: ModelCard("---\nlicense: mit\n---\n"))
     pipe.push_to_hub("someone/pipeline-hub")
     model.push_to_hub("someone/model-hub")
