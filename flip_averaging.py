@@ -1,10 +1,10 @@
 """Test-time flip averaging: the model sees each clip as it is and flipped, and its predictions are averaged.
 
-A model that errs differently on a mirrored view gains from averaging the views: on held-out synthetic videos
-the bundled model's mask AP rises from 0.45 (one view) to 0.57 (the clip plus its horizontal, vertical and
-double flip). The views do not share slot order (DETR slots specialise by position, so a mirrored object is
-picked up by another slot): each flipped view's slots are first matched to the plain view's by soft mask IoU
-over the whole clip (Hungarian), and only then are class probabilities, mask logits and boxes averaged.
+A model that errs differently on a mirrored view gains from averaging the views (the bundled model's mask AP
+with and without them: docs/training-from-scratch.md). The views do not share slot order (DETR slots specialise
+by position, so a mirrored object is picked up by another slot): each flipped view's slots are first matched to
+the plain view's by soft mask IoU over the whole clip (Hungarian), and only then are class probabilities, mask
+logits and boxes averaged.
 
 `VideoSegmenter` (so `vistr segment`, also with `--annotations ... --evaluate`, and the pipeline) averages the flips its processor's
 `test_time_flips` names. None, the default, is the original's single view; a plain `model(**processor(video))`

@@ -143,7 +143,7 @@ class VisTRConfig(PreTrainedConfig):
         eos_coefficient, focal_alpha, focal_gamma: loss weights.
         absent_frame_mask_loss (`bool`): also train a matched slot's mask to be empty in the frames where
             its instance is absent. The original (`False`) leaves those masks without a loss, so a model
-            draws "ghost" masks there, which cost video IoU (about 0.1 mask AP on the synthetic videos).
+            draws "ghost" masks there, which cost video IoU (docs/training-from-scratch.md).
         auxiliary_loss (`bool`): also supervise every intermediate decoder layer.
         init_std, init_xavier_std: initialisation of freshly created weights.
     """

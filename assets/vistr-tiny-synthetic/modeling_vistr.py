@@ -254,8 +254,8 @@ class VisTRConvBackbone(nn.Module):
             fold_frozen_batch_norms(self.model)
             _as_initialised_as(self.model, backbone)
         # oneDNN runs convolutions, norms and pooling fastest channels-last (NHWC) on CPU, with the same values:
-        # a training step with trained norms takes 4-12 % less (benchmarks/bench_train_step.py), and the max
-        # pool alone 4-5x less. A switch, so the benchmark can time the channels-first layout it replaced.
+        # a training step with trained norms takes less time, the max pool most of all (docs/benchmarks.md).
+        # A switch, so the benchmark can time the channels-first layout it replaced.
         self.channels_last_on_cpu = True
 
     def forward(self, frames: torch.Tensor) -> list[torch.Tensor]:
