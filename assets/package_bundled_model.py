@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -140,8 +141,19 @@ def package(source: Path, run: Path, output: Path, metrics: dict[str, float], se
     save_model_card(staging, card)
     if state.get("history"):
         plot_loss_curve(state["history"], staging / "loss_curve.png")
+    link_code_to_package(staging, output)
     shutil.rmtree(output, ignore_errors=True)
     staging.rename(output)
+
+
+def link_code_to_package(staging: Path, output: Path) -> None:
+    """Replace the code files `save_model_folder` copied by relative links to the package's own files, so the
+    repository holds the model's code once and the bundled folder always runs the code beside it. The links are
+    relative to where the folder will be, `output` (`staging` is its sibling)."""
+    package_root = Path(__file__).resolve().parents[1]
+    for code in staging.glob("*.py"):
+        code.unlink()
+        code.symlink_to(os.path.relpath(package_root / code.name, output.resolve()))
 
 
 def main() -> None:

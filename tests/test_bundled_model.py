@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -100,3 +101,26 @@ def test_bundled_model_keeps_the_ap_of_its_card(tmp_path):
     assert split == held_out_split(HELD_OUT_SEED, HELD_OUT_VIDEOS)
     metrics = evaluate_folder(BUNDLED, HELD_OUT_SEED, HELD_OUT_VIDEOS)
     assert metrics["AP"] >= card_ap() - 0.02
+
+
+def test_the_bundled_code_is_the_package_code_held_once():
+    """The folder's code files link to the package's own (so the repository holds every line once), and they
+    are all the code `save_pretrained` would copy beside the weights."""
+    from vistr.tools.outputs import _model_code_files, foreign_model_folder
+
+    code = sorted(path for path in BUNDLED.iterdir() if path.suffix == ".py")
+    assert [path.name for path in code] == sorted(_model_code_files())
+    for path in code:
+        assert path.is_symlink() and path.resolve() == REPO_ROOT / path.name, path
+    assert foreign_model_folder(BUNDLED) is None  # repackaging may replace it
+
+
+def test_a_model_folder_whose_code_links_elsewhere_is_not_ours(tmp_path):
+    from vistr.tools.outputs import foreign_model_folder
+
+    folder = shutil.copytree(BUNDLED, tmp_path / "model")  # the code as copies, as save_pretrained writes it
+    assert foreign_model_folder(folder) is None
+    (tmp_path / "modeling_vistr.py").write_text("# someone else's code\n")
+    (folder / "modeling_vistr.py").unlink()
+    (folder / "modeling_vistr.py").symlink_to(tmp_path / "modeling_vistr.py")
+    assert "modeling_vistr.py, which is a link" in foreign_model_folder(folder)

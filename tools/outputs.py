@@ -425,16 +425,23 @@ def is_temporary(name: str) -> bool:
     return name.startswith(".") and _TEMPORARY_MARK in name
 
 
-def foreign_folder(folder: Path, known: Callable[[str], bool], content: Callable[[Path], str | None]) -> str | None:
+def foreign_folder(
+    folder: Path,
+    known: Callable[[str], bool],
+    content: Callable[[Path], str | None],
+    our_link: Callable[[Path], bool] = lambda entry: False,
+) -> str | None:
     """Why `folder` is not one a writer of this project wrote, or None when it is: it holds only regular files
-    whose names `known` takes, and `content` (the test of what they hold) finds nothing amiss.
+    (and links `our_link` recognises) whose names `known` takes, and `content` (the test of what they hold) finds
+    nothing amiss.
 
     The recognition every replaced or reused folder gets, so that nothing a user put there is ever deleted.
     Links, folders and special files are named first, before `content` opens any file: a named pipe or a
     device would hang or misbehave the reader.
     """
     entries = sorted(folder.iterdir())
-    odd = next((entry for entry in entries if entry.is_symlink() or not entry.is_file()), None)
+    odd = next((entry for entry in entries if not our_link(entry) and (entry.is_symlink() or not entry.is_file())),
+               None)  # fmt: skip
     if odd is not None:
         return f"holds {odd.name}, which is {'a link' if odd.is_symlink() else _kind(odd)}"
     if (reason := content(folder)) is not None:
@@ -456,14 +463,21 @@ def _not_our_model(folder: Path) -> str | None:
     return None if _is_our_card(folder / "README.md") else "holds no VisTR model card (README.md)"
 
 
+def _link_to_our_code(entry: Path) -> bool:
+    """A code file of a model folder linked to the same file of this package, as the bundled model's are (its
+    code is the package's own, held once)."""
+    package_root = Path(__file__).resolve().parents[1]
+    return entry.is_symlink() and entry.name in _model_code_files() and entry.resolve() == package_root / entry.name
+
+
 def foreign_model_folder(folder: Path) -> str | None:
     """Why `folder` is not a model folder this project wrote, or None when it is: a `replace_unless` test
     for `Outputs.folder`, so that `--overwrite` and the trainer replace only their own model folders.
 
     Recognised by what our writers put there: a config.json of model_type vistr, our model card, and no
-    other file (another model's folder, a link, a device, or a file the user added is never deleted).
+    other file (another model's folder, a link elsewhere, a device, or a file the user added is never deleted).
     """
-    return foreign_folder(folder, _model_file, _not_our_model)
+    return foreign_folder(folder, _model_file, _not_our_model, our_link=_link_to_our_code)
 
 
 @contextmanager
