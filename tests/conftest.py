@@ -6,8 +6,11 @@ run can never pass by skipping its parity checks.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -22,6 +25,19 @@ PARITY_CASES = {
     "padded": ("padded_pixel_values", "padded_pixel_mask"),
     "padded_small": ("padded_small_pixel_values", "padded_small_pixel_mask"),
 }
+
+
+def import_script(path: Path, name: str | None = None) -> ModuleType:
+    """A file outside the package (a benchmark, an asset script, or a model file under a private `name`)
+    imported by its path, without adding its folder to sys.path for every later import."""
+    name = name or f"_script_{path.stem}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
 
 
 def require_parity_dir() -> Path:

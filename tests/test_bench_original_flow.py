@@ -8,15 +8,12 @@ float64 it must give the golden outputs as exactly as the model itself does.
 from __future__ import annotations
 
 import copy
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import PARITY_CASES, case_inputs
+from conftest import PARITY_CASES, REPO_ROOT, case_inputs, import_script
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from original_flow import OriginalFlow  # noqa: E402
+OriginalFlow = import_script(REPO_ROOT / "benchmarks" / "original_flow.py").OriginalFlow
 
 FP64_TOLERANCE = 1e-9
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import import_script
 from vistr.video_io import iter_frames
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -94,12 +95,11 @@ def test_sample_ground_truth_describes_the_written_video():
 @pytest.mark.slow
 def test_bundled_model_keeps_the_ap_of_its_card(tmp_path):
     """Scored again on the card's held-out split (made by the generator, scored by our official-equal evaluator)."""
-    sys.path.insert(0, str(ASSETS))
-    from package_bundled_model import HELD_OUT_SEED, HELD_OUT_VIDEOS, evaluate_folder, held_out_split
+    packaging = import_script(ASSETS / "package_bundled_model.py")
 
     split = card_metadata()["model-index"][0]["results"][0]["dataset"]["split"]
-    assert split == held_out_split(HELD_OUT_SEED, HELD_OUT_VIDEOS)
-    metrics = evaluate_folder(BUNDLED, HELD_OUT_SEED, HELD_OUT_VIDEOS)
+    assert split == packaging.held_out_split(packaging.HELD_OUT_SEED, packaging.HELD_OUT_VIDEOS)
+    metrics = packaging.evaluate_folder(BUNDLED, packaging.HELD_OUT_SEED, packaging.HELD_OUT_VIDEOS)
     assert metrics["AP"] >= card_ap() - 0.02
 
 

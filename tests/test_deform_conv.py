@@ -10,7 +10,6 @@ tests of this file in a subprocess with that variable set.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
 import subprocess
@@ -22,17 +21,14 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from conftest import import_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load_deform_conv(name: str = "_deform_conv_under_test"):
-    """Import ../deform_conv.py by path under a private name (no sys.path changes)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "deform_conv.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+    """../deform_conv.py under a private name, so a test can load it again under changed conditions."""
+    return import_script(ROOT / "deform_conv.py", name)
 
 
 dc = _load_deform_conv()

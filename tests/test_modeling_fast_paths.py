@@ -16,6 +16,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import REPO_ROOT, import_script
 from torch import nn
 from transformers.backbone_utils import load_backbone
 from transformers.models.detr.modeling_detr import DetrFrozenBatchNorm2d, replace_batch_norm
@@ -193,11 +194,7 @@ def test_instance_head_cpu_path_equals_its_modules():
 def test_whole_model_equals_the_original_control_flow_with_deformed_sampling():
     """Random weights with real (non-zero) DCN offsets, padding, float64: our forward against the
     original's per-frame / per-instance control flow of benchmarks/original_flow.py."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    from original_flow import OriginalFlow
+    OriginalFlow = import_script(REPO_ROOT / "benchmarks" / "original_flow.py").OriginalFlow
 
     torch.manual_seed(0)
     model = mv.VisTRForVideoInstanceSegmentation(_small_config()).double().eval()
