@@ -1,7 +1,10 @@
 """Train or fine-tune VisTR on YouTube-VIS-layout data with accelerate.
 
-    accelerate launch train_accelerate.py --data-root ytvis_2019/train --output-dir runs/vistr-r50 \\
-        --init-from 384_coco_r50.pth
+    accelerate launch train_accelerate.py --data ytvis_2019/train --init-from vistr-r50 --output-dir runs/r50-ft
+    accelerate launch train_accelerate.py --data ytvis_2019/train --init-from 384_coco_r50.pth --output-dir runs/r50
+
+The --init-from model (a converted folder, a Hub id, an original VisTR .pth) decides the architecture and
+the processor; a DETR .pth holds no VisTR architecture, so the options (default: the released R50) describe it.
 
 One GPU, several (DDP, FSDP, DeepSpeed: `accelerate config`), or the CPU; bf16/fp16 through
 `--mixed-precision` or the accelerate config. The defaults are the original recipe: AdamW (backbone
