@@ -2,16 +2,18 @@
 
 The repository root is this package. Its modules fall in two groups:
 
-* the model, the files that travel with the weights (Hub remote code, flat in one folder, importing
-  each other relatively): `configuration_vistr`, `modeling_vistr`, `loss_vistr`, `deform_conv`,
-  `image_processing_vistr`, `video_io`, `pipeline_vistr`, `model_card`;
+* the files that travel with the weights (Hub remote code, flat in one folder, importing each other
+  relatively): the model (`configuration_vistr`, `modeling_vistr`, `loss_vistr`, `deform_conv`,
+  `frozen_batch_norm`), and above it the video processor (`image_processing_vistr`, `video_io`,
+  `clip_linking`, `mask_upsampling`, `flip_averaging`) and the pipeline (`pipeline_vistr`);
 * the tools, which import the model by its absolute name: `convert_checkpoint` and `train_accelerate`
-  (scripts at the root, as documented) and the `vistr.tools` package (the `vistr` command, YouTube-VIS
-  data, training clips, evaluation, split inference, overlays).
+  (scripts at the root, as documented) and the `vistr.tools` package (the `vistr` command, model cards and
+  publishing, YouTube-VIS data, training clips, evaluation, split inference, overlays).
 
-Importing the package registers VisTR with transformers' Auto classes and the
-"video-instance-segmentation" pipeline: the one place this happens. A folder loaded with
-`trust_remote_code=True` needs no registration (its config's `auto_map` names the classes).
+Importing the package wires these together, the one place this happens: VisTR is registered with
+transformers' Auto classes and the "video-instance-segmentation" pipeline, and the model classes get their
+folder publisher (`vistr.tools.model_card`: the card, processor and pipeline a saved folder needs). A folder
+loaded with `trust_remote_code=True` needs no registration (its config's `auto_map` names the classes).
 """
 
 from transformers import (
@@ -24,8 +26,9 @@ from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_vistr import VisTRConfig
 from .image_processing_vistr import VisTRVideoProcessor
-from .modeling_vistr import VisTRForVideoInstanceSegmentation, VisTRModel
+from .modeling_vistr import VisTRForVideoInstanceSegmentation, VisTRModel, VisTRPreTrainedModel
 from .pipeline_vistr import TASK, VideoInstanceSegmentationPipeline
+from .tools import model_card
 
 AutoConfig.register("vistr", VisTRConfig, exist_ok=True)
 AutoModel.register(VisTRConfig, VisTRModel, exist_ok=True)
@@ -34,6 +37,7 @@ AutoVideoProcessor.register(VisTRConfig, VisTRVideoProcessor, exist_ok=True)
 PIPELINE_REGISTRY.register_pipeline(
     TASK, pipeline_class=VideoInstanceSegmentationPipeline, pt_model=AutoModelForInstanceSegmentation, type="video"
 )
+VisTRPreTrainedModel.folder_publisher = model_card
 
 __all__ = [
     "TASK",

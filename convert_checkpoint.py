@@ -26,7 +26,7 @@ from vistr.configuration_vistr import (
     has_field_type,
     youtube_vis_2019_id2label,
 )
-from vistr.model_card import build_model_card, file_sha256, push_to_hub, save_model_card, save_model_folder
+from vistr.tools.model_card import build_model_card, file_sha256, push_to_hub, save_model_card, save_model_folder
 from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation
 from vistr.tools.outputs import Outputs, foreign_model_folder, positive_int, shown
 

@@ -5,9 +5,9 @@ up to a clip, as the original `inference.py` does; a longer one becomes consecut
 starting every `stride` frames (default: a quarter of a clip overlaps), plus one ending at the last frame.
 The processor returns all clips as one batch (`pixel_values` [clips, num_frames, 3, H, W]) with their layout
 (the video and input frames of each clip, each video's sizes), and `post_process_instance_segmentation`
-stitches the clips of each video back together: a clip's instance slots are linked to the previous clip's
-tracks by mask IoU over the frames they share, so every instance has one id and covers every input frame.
-Clips rather than frame sampling (`do_sample_frames`): instance segmentation must cover every frame.
+stitches the clips of each video back together (clip_linking.py): a clip's instance slots are linked to the
+previous clip's tracks by mask IoU over the frames they share, so every instance has one id and covers every
+input frame. Clips rather than frame sampling (`do_sample_frames`): instance segmentation must cover every frame.
 
 Preprocessing reproduces the original exactly by default: PIL bilinear resize of the shortest edge (300 at
 inference; the longest edge capped at 1333, which only frames thinner than 4.4:1 reach) and ImageNet
@@ -15,21 +15,18 @@ normalization, as torchvision's `Resize` + `ToTensor` + `Normalize` did in the o
 (`resize_backend="torchvision"`, which can run on GPU) differs from PIL's resampling by up to a few 1e-3 and
 is therefore not the default.
 
-Post-processing reproduces the original `inference.py`: per instance, the score is the mean over frames of
-the per-frame best class probability, the label the majority of per-frame labels (ties to the smaller id),
-masks are bilinearly upsampled to the original frame size and thresholded, and a frame whose score is below
-0.001 gets no segmentation in the YouTube-VIS results. It runs on the CPU, where the thresholded upsampling
-(mask_upsampling.py) computes only the pixels along mask edges: the same masks, several times faster.
+Post-processing reproduces the original `inference.py` (clip_linking.py says how). It runs on the CPU, where
+the thresholded upsampling (mask_upsampling.py) computes only the pixels along mask edges: the same masks,
+computed faster.
 """
 
 from __future__ import annotations
 
 import copy
-import heapq
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -40,17 +37,18 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import VideosKwargs
 from transformers.video_processing_utils import BaseVideoProcessor
 
+from .clip_linking import (
+    ClipStitcher,
+    frame_class_scores,
+    frame_masks_and_nonempty,
+    majority_label,
+    to_youtube_vis_results,
+)
 from .flip_averaging import check_flips
-from .mask_upsampling import upsample_and_threshold
-from .optional_dependencies import require
 from .video_io import VideoReadError, describe, iter_frames
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-MIN_FRAME_SCORE = 0.001  # the original writes no segmentation for a frame scored below this
-MIN_LINK_IOU = 0.1  # a clip's slot continues a track of the previous clip only if their masks overlap this much
-# the YouTube-VIS evaluator (maxDets) scores a video's best 100 results of each category: more never count
-RESULTS_PER_VIDEO_AND_CATEGORY = 100
 TORCH_RESAMPLING = {int(Image.Resampling.BILINEAR): "bilinear", int(Image.Resampling.BICUBIC): "bicubic"}
 # keys transformers itself writes into a saved processor config
 BOOKKEEPING_KEYS = frozenset(
@@ -254,217 +252,6 @@ class ClipLayout:
 # ----------------------------------------------------------------------------------- stitching
 
 
-def sequence_iou(previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
-    """Video IoU of every pair of instances: sum of per-frame intersections / sum of unions.
-
-    previous [F, a, h, w], current [F, b, h, w] bool over the same F frames -> [a, b].
-    """
-    a = previous.flatten(2).transpose(0, 1).flatten(1).float()  # [a, F*h*w]
-    b = current.flatten(2).transpose(0, 1).flatten(1).float()
-    intersection = a @ b.T
-    union = a.sum(1, keepdim=True) + b.sum(1) - intersection
-    return torch.where(union > 0, intersection / union.clamp(min=1), torch.zeros_like(union))
-
-
-def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
-    """Post-process half-precision outputs in float32; keep float64 outputs exact."""
-    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
-
-
-def _cells_of_frame(mask_logits: torch.Tensor, processed_size: Sequence[int] | None) -> torch.Tensor:
-    """Mask logits [..., h4, w4] at stride 4 of the padded input -> the cells covering the unpadded frame."""
-    if processed_size is None:
-        return mask_logits
-    return mask_logits[..., : -(-int(processed_size[0]) // 4), : -(-int(processed_size[1]) // 4)]
-
-
-def frame_rle(mask: torch.Tensor, score: float | None) -> dict | None:
-    """A frame's segmentation in the YouTube-VIS results: its RLE, or None where the frame scores below 0.001
-    (or the instance has no score there: it began in a later clip)."""
-    return None if score is None or score < MIN_FRAME_SCORE else encode_rle(mask)
-
-
-def mask_confidence(mask_logits: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mask logits [..., h, w] -> per mask, the sum of the probabilities of the cells above `threshold` and
-    their count: how sure the model is of the mask it draws (Mask2Former weights instance scores by the mean)."""
-    probabilities = mask_logits.float().sigmoid()
-    inside = probabilities > threshold
-    return (probabilities * inside).sum((-2, -1)), inside.sum((-2, -1))
-
-
-@dataclass(eq=False)
-class _Track:
-    """One instance while clips can still extend it: per frame it covers, its class score, class and mask (bool
-    tensor, or RLE), and its mask confidence summed over those frames."""
-
-    track_id: int
-    scores: dict[int, torch.Tensor] = field(default_factory=dict)
-    labels: dict[int, int] = field(default_factory=dict)
-    masks: dict[int, torch.Tensor | dict | None] = field(default_factory=dict)
-    nonempty: bool = False
-    # over its frames: the mask probabilities summed over the cells above the mask threshold, and how many cells
-    probability_sum: float = 0.0
-    cells: int = 0
-
-
-@dataclass(frozen=True)
-class _ClosedTrack:
-    """A track no later clip can extend, reduced to its instance: score, label, and the scores and masks of the
-    frames it covers (the video's other frames are filled in only when the instances are listed)."""
-
-    track_id: int
-    score: float
-    label: int
-    frame_scores: dict[int, float]
-    masks: dict[int, torch.Tensor | dict | None]
-
-
-class ClipStitcher:
-    """One video's instances from the model's outputs on its consecutive clips, added in order.
-
-    Each clip's slots are linked to the previous clip's tracks by mask IoU over the frames the clips share
-    (Hungarian matching, at least `min_link_iou`; others start new tracks), so an object keeps one id through
-    the video. Each frame takes its scores, labels and masks from the first clip that covers it. A track that
-    the next clip does not continue has ended: it is closed at once, so each clip is compared with the open
-    tracks only (one per slot), and reduced to its instance, or dropped if it never drew a mask.
-
-    An instance covers every frame of the video, so the YouTube-VIS results of a long video in which the model
-    keeps seeing short-lived objects would grow with the square of its length. With `max_instances_per_label`
-    only the best that many instances of each label are kept (by score, ties to the smaller id): the evaluator
-    scores no more of a video and category (RESULTS_PER_VIDEO_AND_CATEGORY), so the others could never count.
-    With `mask_format="rle"` masks are encoded as soon as they are final, so memory does not grow with full masks.
-    With `mask_score_weighting` an instance's score is also multiplied by its mask confidence (`mask_confidence`).
-    """
-
-    def __init__(self, target_size: Sequence[int] | None = None, processed_size: Sequence[int] | None = None,
-                 mask_threshold: float = 0.5, mask_format: str = "bool", min_link_iou: float = MIN_LINK_IOU,
-                 mask_score_weighting: bool = False, max_instances_per_label: int | None = None):  # fmt: skip
-        if mask_format not in ("bool", "rle"):
-            raise ValueError(f"mask_format={mask_format!r}: use 'bool' (mask tensors) or 'rle' (COCO run-length code)")
-        if max_instances_per_label is not None and max_instances_per_label < 1:
-            raise ValueError(f"max_instances_per_label={max_instances_per_label} must be at least 1 (or None for all)")
-        self.target_size = None if target_size is None else tuple(int(s) for s in target_size)
-        self.processed_size = processed_size
-        self.mask_threshold = mask_threshold
-        self.mask_format = mask_format
-        self.min_link_iou = min_link_iou
-        self.mask_score_weighting = mask_score_weighting
-        self.max_instances_per_label = max_instances_per_label
-        self._opened = 0  # tracks opened so far: the next one's id
-        self._open: list[_Track] = []  # the previous clip's tracks, by slot: the only ones a clip can continue
-        self._closed: dict[int, list[tuple[float, int, _ClosedTrack]]] = {}  # per label a min-heap by (score, -id)
-        self._done: set[int] = set()
-        self._previous: dict[int, torch.Tensor] = {}  # frame -> the previous clip's binary mask logits [n, h, w]
-        self._size: tuple[int, int] | None = None  # of the masks, known with the first clip
-
-    def add_clip(self, frame_indices: Sequence[int], logits: torch.Tensor, mask_logits: torch.Tensor) -> None:
-        """One clip's outputs, logits [T*n, C+1] and mask logits [T*n, h, w], for its input frames `frame_indices`."""
-        num_frames = len(frame_indices)
-        logits, mask_logits = (_at_least_float32(t.detach().cpu()) for t in (logits, mask_logits))
-        scores, labels = VisTRVideoProcessor.frame_class_scores(logits, num_frames)
-        masks = _cells_of_frame(mask_logits.reshape(num_frames, -1, *mask_logits.shape[-2:]), self.processed_size)
-        positions: dict[int, int] = {}
-        for position, frame in enumerate(frame_indices):
-            positions.setdefault(int(frame), position)  # repeated frames: the first prediction
-        slot_tracks = self._link(positions, masks)
-        for track in self._open:
-            if track not in slot_tracks:
-                self._close(track)
-        new_frames = sorted(frame for frame in positions if frame not in self._done)
-        if new_frames:
-            chosen = [positions[frame] for frame in new_frames]
-            self._size = self.target_size or tuple(masks.shape[-2:])
-            binary, nonempty = VisTRVideoProcessor._frame_masks_and_nonempty(
-                masks[chosen], self._size, None, self.mask_threshold
-            )
-            if self.mask_score_weighting:
-                probability_sums, cells = (t.tolist() for t in mask_confidence(masks[chosen], self.mask_threshold))
-            for k, (frame, position) in enumerate(zip(new_frames, chosen)):
-                for slot, track in enumerate(slot_tracks):
-                    score = scores[position, slot]
-                    track.scores[frame], track.labels[frame] = score, int(labels[position, slot])
-                    mask = binary[k, slot]
-                    track.masks[frame] = mask if self.mask_format == "bool" else frame_rle(mask, float(score))
-                    track.nonempty = track.nonempty or bool(nonempty[k, slot])
-                    if self.mask_score_weighting:
-                        track.probability_sum += probability_sums[k][slot]
-                        track.cells += cells[k][slot]
-            self._done.update(new_frames)
-        self._previous = {frame: masks[position] > 0 for frame, position in positions.items()}
-        self._open = slot_tracks
-
-    def _link(self, positions: dict[int, int], masks: torch.Tensor) -> list[_Track]:
-        """The track of each slot of this clip: the open track (the previous clip's) it overlaps best, or a new one."""
-        shared = sorted(set(positions) & set(self._previous))
-        slot_tracks: list[_Track | None] = [None] * masks.shape[1]
-        if shared:
-            optimize = require("scipy.optimize", "linking the clips of a video longer than one clip")
-            previous = torch.stack([self._previous[frame] for frame in shared])
-            current = torch.stack([masks[positions[frame]] > 0 for frame in shared])
-            iou = sequence_iou(previous, current).numpy()
-            for before, now in zip(*optimize.linear_sum_assignment(-iou)):
-                if iou[before, now] >= self.min_link_iou:
-                    slot_tracks[now] = self._open[before]
-        return [track if track is not None else self._new_track() for track in slot_tracks]
-
-    def _new_track(self) -> _Track:
-        self._opened += 1
-        return _Track(track_id=self._opened - 1)
-
-    def _close(self, track: _Track) -> None:
-        """An ended track: its instance is kept if it drew a mask (and is among the best of its label)."""
-        if track.nonempty:
-            self._keep(self._closed, self._closed_track(track))
-
-    def _keep(self, kept: dict[int, list[tuple[float, int, _ClosedTrack]]], closed: _ClosedTrack) -> None:
-        """Add `closed` to the per-label heaps `kept`, dropping the worst of its label beyond the limit."""
-        heap = kept.setdefault(closed.label, [])
-        entry = (closed.score, -closed.track_id, closed)
-        if self.max_instances_per_label is None or len(heap) < self.max_instances_per_label:
-            heapq.heappush(heap, entry)
-        else:
-            heapq.heappushpop(heap, entry)
-
-    def _closed_track(self, track: _Track) -> _ClosedTrack:
-        """The track's instance. The score is the mean of the frame scores, times the track's mask confidence
-        with `mask_score_weighting`; the label the majority of the frame labels."""
-        frames = sorted(track.scores)  # a track that starts in a later clip covers the frames from there on
-        score = float(torch.stack([track.scores[frame] for frame in frames]).mean())
-        if self.mask_score_weighting:
-            score *= track.probability_sum / track.cells if track.cells else 0.0  # mean probability in its masks
-        label = VisTRVideoProcessor.majority_label(torch.tensor([track.labels[frame] for frame in frames]))
-        return _ClosedTrack(track.track_id, score, label, {frame: float(track.scores[frame]) for frame in frames},
-                            track.masks)  # fmt: skip
-
-    def instances(self, threshold: float = 0.0, id2label: Mapping[int, str] | None = None) -> list[dict]:
-        """The tracks with a mask in some frame and a score of at least `threshold` (the best
-        `max_instances_per_label` of each label), in id order, each with `id`, `score`, `label` (class id),
-        `label_name` (None without `id2label`), `frame_scores` [L] and `masks` bool [L, H, W] or, for "rle",
-        `segmentations` (per frame RLE or None, as YouTube-VIS results)."""
-        kept = {label: list(heap) for label, heap in self._closed.items()}
-        for track in self._open:  # the tracks of the last clip end with the video
-            if track.nonempty:
-                self._keep(kept, self._closed_track(track))
-        found = []
-        length = len(self._done)
-        for closed in sorted((entry[2] for heap in kept.values() for entry in heap), key=lambda c: c.track_id):
-            if closed.score < threshold:
-                continue
-            no_mask = self._no_mask()
-            masks = [closed.masks.get(frame, no_mask) for frame in range(length)]
-            found.append({
-                "id": closed.track_id, "score": closed.score, "label": closed.label,
-                "label_name": None if id2label is None else id2label.get(closed.label, str(closed.label)),
-                "frame_scores": [closed.frame_scores.get(frame) for frame in range(length)],
-                **({"masks": torch.stack(masks)} if self.mask_format == "bool" else {"segmentations": masks}),
-            })  # fmt: skip
-        return found
-
-    def _no_mask(self) -> torch.Tensor | None:
-        """A frame outside a track: an empty mask, or no segmentation."""
-        return torch.zeros(self._size, dtype=torch.bool) if self.mask_format == "bool" else None
-
-
 # ----------------------------------------------------------------------------------- the processor
 
 
@@ -481,11 +268,13 @@ class VideoClips:
     """One video as the model's clips of preprocessed frames, read one frame at a time when iterated.
 
     Yields (input frame indices [T], pixel values [T, 3, h, w]); after the first frame `original_size` and
-    `processed_size` are known, after the last `length`.
+    `processed_size` are known, after the last `length`. `on_frame` sees each decoded frame as read, so that a
+    caller that needs the frames again (an overlay) need not decode the video twice.
     """
 
-    def __init__(self, processor: VisTRVideoProcessor, video, options: PreprocessOptions):
-        self.processor, self.video, self.options = processor, video, options
+    def __init__(self, processor: VisTRVideoProcessor, video, options: PreprocessOptions,
+                 on_frame: Callable[[Image.Image], None] | None = None):  # fmt: skip
+        self.processor, self.video, self.options, self.on_frame = processor, video, options, on_frame
         self.original_size: tuple[int, int] | None = None
         self.processed_size: tuple[int, int] | None = None
         self.length = 0
@@ -504,6 +293,8 @@ class VideoClips:
                     f"{describe(self.video)}: frame {index} is {size[0]}x{size[1]} but the first frame is "
                     f"{self.original_size[0]}x{self.original_size[1]}; all frames of a video must have one size"
                 )
+            if self.on_frame is not None:
+                self.on_frame(image)
             frame = self.processor.preprocess_frame(image, self.options)
             self.processed_size, self.length = tuple(frame.shape[-2:]), index + 1
             yield frame
@@ -620,9 +411,10 @@ class VisTRVideoProcessor(BaseVideoProcessor):
         mean, std = (options.image_mean, options.image_std) if options.do_normalize else (None, None)
         return rescale_and_normalize(pixels, options.rescale_factor if options.do_rescale else None, mean, std)
 
-    def video_clips(self, video, **kwargs) -> VideoClips:
-        """One video as lazily read clips (for videos too long to preprocess at once); kwargs as for a call."""
-        return VideoClips(self, video, self.preprocess_options(kwargs))
+    def video_clips(self, video, on_frame: Callable[[Image.Image], None] | None = None, **kwargs) -> VideoClips:
+        """One video as lazily read clips (for videos too long to preprocess at once); kwargs as for a call,
+        `on_frame` as for `VideoClips`."""
+        return VideoClips(self, video, self.preprocess_options(kwargs), on_frame)
 
     @staticmethod
     def _as_video_list(videos) -> list:
@@ -707,33 +499,14 @@ class VisTRVideoProcessor(BaseVideoProcessor):
         The logits are first cropped to the stride-4 cells covering the unpadded frame (`processed_size`),
         so padding never stretches a mask; without padding this is the original's single bilinear resize.
         """
-        return VisTRVideoProcessor._frame_masks_and_nonempty(mask_logits, original_size, processed_size, threshold)[0]
-
-    @staticmethod
-    def _frame_masks_and_nonempty(mask_logits: torch.Tensor, original_size: Sequence[int],
-                                  processed_size: Sequence[int] | None, threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
-        """`frame_masks`, and whether each mask [...] has a positive pixel."""
-        mask_logits = _cells_of_frame(mask_logits, processed_size)
-        leading = mask_logits.shape[:-2]
-        size = tuple(int(s) for s in original_size)
-        masks, nonempty = upsample_and_threshold(mask_logits.reshape(-1, *mask_logits.shape[-2:]), size, threshold)
-        return masks.reshape(*leading, *size), nonempty.reshape(leading)
+        return frame_masks_and_nonempty(mask_logits, original_size, processed_size, threshold)[0]
 
     def weights_scores_by_mask(self, mask_score_weighting: bool | None = None) -> bool:
         """`mask_score_weighting` as given, else the processor's setting (None: no weighting)."""
         return bool(self.mask_score_weighting if mask_score_weighting is None else mask_score_weighting)
 
-    @staticmethod
-    def frame_class_scores(logits: torch.Tensor, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits [T*n, C+1] -> per frame and slot: best real-class probability and its class, each [T, n]."""
-        probabilities = logits.softmax(-1)[:, :-1]
-        scores, labels = probabilities.reshape(num_frames, -1, probabilities.shape[-1]).max(-1)
-        return scores, labels
-
-    @staticmethod
-    def majority_label(frame_labels: torch.Tensor) -> int:
-        """Most frequent per-frame label; ties go to the smaller id (numpy's argmax of bincount)."""
-        return int(torch.bincount(frame_labels).argmax())
+    frame_class_scores = staticmethod(frame_class_scores)
+    majority_label = staticmethod(majority_label)
 
     def _frames_per_clip(self, logits: torch.Tensor) -> int:
         """Frames of the clips behind `logits` [N, T*n, C+1], from the model's slots per frame."""
@@ -820,24 +593,7 @@ class VisTRVideoProcessor(BaseVideoProcessor):
             outputs, threshold=0.0, mask_threshold=mask_threshold, clip_layout=inputs
         )
 
-    @staticmethod
-    def to_youtube_vis_results(processed: Sequence[Sequence[dict]], video_ids: Sequence[int]) -> list[dict]:
-        """Instances per video (either mask format) -> the YouTube-VIS results list (compressed RLE with str
-        counts; None where a frame scores below 0.001)."""
-        results = []
-        for video_id, instances in zip(video_ids, processed):
-            for instance in instances:
-                segmentations = instance.get("segmentations")
-                if segmentations is None:
-                    frames = zip(instance["frame_scores"], instance["masks"])
-                    segmentations = [frame_rle(mask, score) for score, mask in frames]
-                results.append({
-                    "video_id": int(video_id),
-                    "score": float(instance["score"]),
-                    "category_id": int(instance["label"]),
-                    "segmentations": segmentations,
-                })  # fmt: skip
-        return results
+    to_youtube_vis_results = staticmethod(to_youtube_vis_results)
 
 
 def processor_for_model(config, processor: VisTRVideoProcessor | None = None) -> VisTRVideoProcessor:
@@ -848,22 +604,10 @@ def processor_for_model(config, processor: VisTRVideoProcessor | None = None) ->
     return processor
 
 
-def encode_rle(mask) -> dict:
-    """Bool mask [H, W] -> COCO compressed RLE with str counts."""
-    mask_utils = require("pycocotools.mask", "RLE masks (mask_format='rle', YouTube-VIS results)")
-    array = np.asarray(mask.cpu() if hasattr(mask, "cpu") else mask)
-    # a bool array is 0/1 bytes: viewed as uint8 without a copy; column-major masks (frame_masks) need none either
-    array = np.asfortranarray(array.view(np.uint8) if array.dtype == np.bool_ else array.astype(np.uint8))
-    rle = mask_utils.encode(array)
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
-
-
 VisTRVideoProcessor.register_for_auto_class("AutoVideoProcessor")
 
 
 __all__ = [
-    "ClipLayout", "ClipStitcher", "VideoClips", "VisTRVideoProcessor", "clip_count", "clip_stride", "default_stride",
-    "encode_rle", "frame_rle", "iter_clips", "processor_for_model", "rescale_and_normalize", "resized_size",
-    "sequence_iou",
+    "ClipLayout", "VideoClips", "VisTRVideoProcessor", "clip_count", "clip_stride", "default_stride", "iter_clips",
+    "processor_for_model", "rescale_and_normalize", "resized_size",
 ]

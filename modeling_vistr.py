@@ -19,8 +19,10 @@ queries are frame-major (query `t * n + slot`); the same slot across frames is o
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +44,6 @@ from .configuration_vistr import VisTRConfig
 from .deform_conv import DeformConv2d
 from .frozen_batch_norm import fold_frozen_batch_norms
 from .loss_vistr import ForVideoInstanceSegmentationLoss
-from .model_card import prepare_model_upload, save_default_model_card
 
 
 @dataclass
@@ -428,6 +429,14 @@ class VisTRDecoderLayer(GradientCheckpointingLayer):
 # ----------------------------------------------------------------------------------- encoder, decoder, base model
 
 
+class FolderPublisher(Protocol):
+    """Completes a model folder for sharing: see `VisTRPreTrainedModel.folder_publisher`."""
+
+    def complete_saved_folder(self, folder: str | os.PathLike, config: VisTRConfig) -> None: ...
+
+    def complete_upload(self, folder: str | os.PathLike, config: VisTRConfig, repo_id: str) -> None: ...
+
+
 class VisTRPreTrainedModel(PreTrainedModel):
     config_class = VisTRConfig
     config: VisTRConfig
@@ -438,16 +447,22 @@ class VisTRPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _no_split_modules = [r"VisTRConvBackbone", r"VisTREncoderLayer", r"VisTRDecoderLayer"]
 
+    # What completes a folder this model saves or uploads (a model card, the video processor, the pipeline) when
+    # the `vistr` package is installed: the package sets it to its publishing module. The model knows only that a
+    # folder may be completed; without a publisher (remote code alone) it saves what transformers saves.
+    folder_publisher: ClassVar[FolderPublisher | None] = None
+
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """transformers' `save_pretrained`, plus a model card (`README.md`) when the folder has none."""
+        """transformers' `save_pretrained`, then the folder completed by the `folder_publisher`."""
         super().save_pretrained(save_directory, *args, **kwargs)
-        if kwargs.get("is_main_process", True):
-            save_default_model_card(save_directory, self.config)
+        if self.folder_publisher is not None and kwargs.get("is_main_process", True):
+            self.folder_publisher.complete_saved_folder(save_directory, self.config)
 
     def _upload_modified_files(self, working_dir, repo_id: str, *args, **kwargs):
         """transformers' upload to the Hub (the last step of `push_to_hub` and `save_pretrained(push_to_hub=True)`),
-        of a complete folder with our card where transformers has just written its template card."""
-        prepare_model_upload(working_dir, self.config, repo_id)
+        of a folder the `folder_publisher` completes just before, after transformers has written its template card."""
+        if self.folder_publisher is not None:
+            self.folder_publisher.complete_upload(working_dir, self.config, repo_id)
         return super()._upload_modified_files(working_dir, repo_id, *args, **kwargs)
 
     @torch.no_grad()

@@ -2,8 +2,8 @@
 
 A video of L frames is read and preprocessed one frame at a time and cut into the processor's clips (L < T:
 its frames repeated up to T, as the original `inference.py` does; L >= T: overlapping clips every `stride`
-frames, the last ending at the last frame). Each clip's outputs go straight into the processor's stitching
-(`ClipStitcher`, the post-processing of `post_process_instance_segmentation`): slots are linked to the
+frames, the last ending at the last frame). Each clip's outputs go straight into the clips' linking
+(clip_linking.py's `ClipStitcher`, as in `post_process_instance_segmentation`): slots are linked to the
 previous clip's tracks by mask IoU, so an object keeps one id through the whole video. Only the frames of
 the clips of one forward are held at a time; a track that ends is closed at once (no later clip is compared
 with it) and only the instances the YouTube-VIS evaluator can score are kept (RESULTS_PER_VIDEO_AND_CATEGORY
@@ -18,17 +18,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from transformers import Pipeline
 
+from .clip_linking import RESULTS_PER_VIDEO_AND_CATEGORY, ClipStitcher
 from .flip_averaging import check_flips, flip_averaged
-from .image_processing_vistr import (
-    RESULTS_PER_VIDEO_AND_CATEGORY,
-    ClipStitcher,
-    VisTRVideoProcessor,
-    clip_count,
-    clip_stride,
-    processor_for_model,
-)
+from .image_processing_vistr import VisTRVideoProcessor, clip_count, clip_stride, processor_for_model
 from .optional_dependencies import require
 
 TASK = "video-instance-segmentation"
@@ -77,9 +72,11 @@ class VideoSegmenter:
         self.device = device if device is not None else next(model.parameters()).device
         self.dtype = dtype if dtype is not None else next(model.parameters()).dtype
 
-    def __call__(self, source, on_clip: Callable[[], None] | None = None) -> dict:
-        """Segment one video. Returns {"length", "height", "width", "instances": the processor's instances}."""
-        clips = self.processor.video_clips(source, num_frames=self.num_frames, stride=self.stride)
+    def __call__(self, source, on_clip: Callable[[], None] | None = None,
+                 on_frame: Callable[[Image.Image], None] | None = None) -> dict:  # fmt: skip
+        """Segment one video. Returns {"length", "height", "width", "instances": the processor's instances}.
+        `on_clip` is called after each clip, `on_frame` with each decoded frame (`VideoClips`)."""
+        clips = self.processor.video_clips(source, on_frame, num_frames=self.num_frames, stride=self.stride)
         stitcher = None
         for batch in _batches(clips, self.clips_per_forward):
             outputs = self._predict(torch.stack([pixels for _, pixels in batch]))

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from transformers.utils import CONFIG_NAME
 from vistr.configuration_vistr import VisTRConfig
 from vistr.image_processing_vistr import VisTRVideoProcessor, processor_for_model
-from vistr.model_card import build_model_card, file_sha256, push_to_hub, save_model_card, save_model_folder
+from vistr.tools.model_card import build_model_card, file_sha256, push_to_hub, save_model_card, save_model_folder
 from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation
 from vistr.pipeline_vistr import VideoSegmenter
 from vistr.tools.backbone_pretraining import BoxClassifier, pretrain_backbone

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 from vistr.flip_averaging import FLIP_DIMS, check_flips
-from vistr.model_card import build_model_card, save_model_card, save_model_folder
+from vistr.tools.model_card import build_model_card, save_model_card, save_model_folder
 from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation
 from vistr.tools.youtube_vis import make_synthetic
 from vistr.tools.youtube_vis_inference import run_split

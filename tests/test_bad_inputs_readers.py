@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from test_bad_inputs_writers import assert_one_line_error, failed_command
 from vistr import convert_checkpoint
 from vistr.configuration_vistr import VisTRConfig, config_problems
-from vistr.model_card import save_model_folder
+from vistr.tools.model_card import save_model_folder
 from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation
 from vistr.tools import cli as vistr_cli
 from vistr.tools.evaluation_youtube_vis import ResultsError, decode_compressed_counts, evaluate

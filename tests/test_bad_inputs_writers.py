@@ -32,7 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 from vistr import convert_checkpoint
 from vistr.configuration_vistr import VisTRConfig
-from vistr.model_card import save_model_folder
+from vistr.tools.model_card import save_model_folder
 from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation
 from vistr.tools import cli as vistr_cli
 from vistr.tools import youtube_vis_inference

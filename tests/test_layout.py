@@ -14,8 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 REMOTE_CODE_ENTRIES = ("modeling_vistr.py", "image_processing_vistr.py", "pipeline_vistr.py")
 MODEL_FILES = sorted({Path(name).stem for entry in REMOTE_CODE_ENTRIES
                       for name in [entry, *get_relative_import_files(str(ROOT / entry))]})  # fmt: skip
-# the scripts the design card asks for at the root, beside the model
-ROOT_TOOLS = ["convert_checkpoint", "train_accelerate"]
+# the scripts the design card asks for at the root, beside the model, and the browser demo, where a Hugging Face
+# Space runs it
+ROOT_TOOLS = ["convert_checkpoint", "train_accelerate", "app"]
 TOOLS = sorted(path.stem for path in (ROOT / "tools").glob("*.py") if path.stem != "__init__")
 OUR_NAMES = set(MODEL_FILES + ROOT_TOOLS + TOOLS)
 
@@ -44,6 +45,27 @@ def test_model_files_import_siblings_relatively_and_nothing_else_of_ours():
             else:
                 modules = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module]
                 assert not any(module.split(".")[0] in OUR_NAMES | {"vistr"} for module in modules), (name, modules)
+
+
+# The files that travel with the weights, in layers from the bottom up: a file imports only its own layer and those
+# below it. The model (what `AutoModel` loads) knows nothing of the processor, the pipeline, cards or tools.
+LAYERS = {
+    "helpers": {"optional_dependencies"},
+    "model": {"configuration_vistr", "modeling_vistr", "loss_vistr", "deform_conv", "frozen_batch_norm"},
+    "video processor": {"image_processing_vistr", "video_io", "clip_linking", "mask_upsampling", "flip_averaging"},
+    "pipeline": {"pipeline_vistr"},
+}
+
+
+def test_dependencies_point_down_the_layers():
+    assert set().union(*LAYERS.values()) == set(MODEL_FILES), "place each model file in a layer"
+    allowed: set[str] = set()
+    for layer, names in LAYERS.items():
+        allowed |= names
+        for name in names:
+            imported = {node.module for node in _imports(ROOT / f"{name}.py") if isinstance(node, ast.ImportFrom)
+                        and node.level}  # fmt: skip
+            assert imported <= allowed, f"{name}.py ({layer}) imports {sorted(imported - allowed)} from above it"
 
 
 def test_tools_import_the_package_by_its_absolute_name():

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from vistr import image_processing_vistr
+from vistr import clip_linking
 from vistr.configuration_vistr import VisTRConfig
-from vistr.image_processing_vistr import RESULTS_PER_VIDEO_AND_CATEGORY, VisTRVideoProcessor, encode_rle
+from vistr.clip_linking import RESULTS_PER_VIDEO_AND_CATEGORY, encode_rle
+from vistr.image_processing_vistr import VisTRVideoProcessor
 from vistr.pipeline_vistr import VideoSegmenter
 from vistr.tools.evaluation_youtube_vis import MAX_DETECTIONS, evaluate
 
@@ -133,13 +134,13 @@ def test_the_best_instances_of_each_label_are_kept_in_id_order(limit):
 def test_each_clip_is_compared_only_with_the_open_tracks(monkeypatch):
     """Tracks that ended are closed: linking a clip compares its slots with the previous clip's, however many
     tracks the video has opened."""
-    compared, sequence_iou = [], image_processing_vistr.sequence_iou
+    compared, sequence_iou = [], clip_linking.sequence_iou
 
     def counting_iou(previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
         compared.append(previous.shape[1] * current.shape[1])
         return sequence_iou(previous, current)
 
-    monkeypatch.setattr(image_processing_vistr, "sequence_iou", counting_iou)
+    monkeypatch.setattr(clip_linking, "sequence_iou", counting_iou)
     video = segment(200, max_instances_per_label=None)
     assert len(video["instances"]) == 201
     assert compared == [SLOTS * SLOTS] * 199

@@ -17,7 +17,7 @@ from huggingface_hub.errors import EntryNotFoundError
 from transformers.utils import hub as transformers_hub
 from vistr import convert_checkpoint
 from vistr.configuration_vistr import VisTRConfig
-from vistr.model_card import build_model_card
+from vistr.tools.model_card import build_model_card
 from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation
 
 

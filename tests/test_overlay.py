@@ -1,11 +1,16 @@
-"""Overlay drawing: the score threshold and captions that never cover each other."""
+"""Overlay drawing: the score threshold, captions that never cover each other, and the frames it draws on."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
-from vistr.tools import overlay
+from vistr import video_io
+from vistr.tools import cli, overlay
+
+SAMPLE = Path(__file__).resolve().parents[1] / "assets" / "sample.mp4"
 
 
 def instance(track_id: int, score: float, box: tuple[int, int, int, int], size=(60, 80)) -> dict:
@@ -38,3 +43,24 @@ def test_captions_at_the_same_place_do_not_overprint(monkeypatch):
     for i, a in enumerate(boxes):
         for b in boxes[i + 1:]:
             assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (a, b)
+
+
+def _segment_counting_decodes(tmp_path, monkeypatch, name: str) -> tuple[list, list[np.ndarray]]:
+    """`vistr segment` of the sample with an overlay: the video files it decoded, and the overlay's frames."""
+    decoded, decode = [], video_io._iter_video_file
+    monkeypatch.setattr(video_io, "_iter_video_file", lambda path: decoded.append(path) or decode(path))
+    cli.main(["segment", str(SAMPLE), "--output", str(tmp_path / f"{name}.json"),
+              "--overlay", str(tmp_path / f"{name}.mp4")])  # fmt: skip
+    monkeypatch.setattr(video_io, "_iter_video_file", decode)
+    return decoded, [np.asarray(frame) for frame in video_io.iter_frames(tmp_path / f"{name}.mp4")]
+
+
+def test_segment_decodes_the_video_once_overlay_included(tmp_path, monkeypatch):
+    once, overlay_frames = _segment_counting_decodes(tmp_path, monkeypatch, "kept")
+    assert once == [SAMPLE]
+    # frames beyond the memory budget are not kept: the overlay decodes the video again, and draws the same
+    monkeypatch.setattr(overlay, "KEPT_FRAME_BYTES", 1)
+    twice, redecoded_frames = _segment_counting_decodes(tmp_path, monkeypatch, "redecoded")
+    assert twice == [SAMPLE, SAMPLE]
+    assert len(overlay_frames) == len(redecoded_frames) == 14
+    assert all(np.array_equal(a, b) for a, b in zip(overlay_frames, redecoded_frames))

@@ -17,7 +17,7 @@ from PIL import Image
 from torch import nn
 from vistr.configuration_vistr import VisTRConfig
 from vistr.image_processing_vistr import VisTRVideoProcessor
-from vistr.model_card import save_model_folder
+from vistr.tools.model_card import save_model_folder
 from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation
 from vistr.pipeline_vistr import VideoInstanceSegmentationPipeline, VideoSegmenter, decode_masks
 from vistr.tools.video_writer import write_video

@@ -15,7 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from vistr import mask_upsampling as mu
-from vistr.image_processing_vistr import MIN_FRAME_SCORE, VisTRVideoProcessor, encode_rle
+from vistr.clip_linking import MIN_FRAME_SCORE, encode_rle, frame_masks_and_nonempty
+from vistr.image_processing_vistr import VisTRVideoProcessor
 
 
 def plain_masks(logits: torch.Tensor, size, threshold: float) -> torch.Tensor:
@@ -92,7 +93,7 @@ def test_other_cases_take_the_plain_path_with_the_same_result(case):
         size = (40, 60)
     if case != "float64" or mu.bilinear_arithmetic(torch.float64) is None:
         assert mu.upsample_and_threshold_by_cells(logits, size, threshold) is None
-    masks, nonempty = VisTRVideoProcessor._frame_masks_and_nonempty(logits, size, None, threshold)
+    masks, nonempty = frame_masks_and_nonempty(logits, size, None, threshold)
     assert torch.equal(masks, plain_masks(logits, size, threshold))
     assert torch.equal(nonempty, masks.flatten(1).any(1))
 

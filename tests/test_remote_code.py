@@ -16,7 +16,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from vistr.model_card import save_model_folder
+from vistr.tools.model_card import save_model_folder
 
 BUNDLED = Path(__file__).resolve().parent.parent / "assets" / "vistr-tiny-synthetic"
 

@@ -22,7 +22,7 @@ from vistr.configuration_vistr import VisTRConfig
 from vistr.convert_checkpoint import initialization_state_dict, load_original_checkpoint
 from vistr.image_processing_vistr import VisTRVideoProcessor, processor_for_model
 from vistr.loss_vistr import LossSettings
-from vistr.model_card import save_model_folder
+from vistr.tools.model_card import save_model_folder
 from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation
 from vistr.tools.model_source import load_fitting_weights, read_model_source
 from vistr.tools.youtube_vis import SyntheticOptions, load_youtube_vis, make_synthetic, save_parquet

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from vistr.configuration_vistr import VisTRConfig
-from vistr.model_card import save_model_folder
+from vistr.tools.model_card import save_model_folder
 from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation
 from vistr.tools import cli as vistr_cli
 from vistr.tools import youtube_vis_inference

@@ -289,29 +289,40 @@ def _segment_split(args: argparse.Namespace) -> None:
 
 
 def _segment_inputs(args: argparse.Namespace, model, processor, results_file: Path, overlay_files: list[Path]) -> None:
-    """Segment each input, then write the YouTube-VIS results JSON and the overlays into their staged files."""
+    """Segment each input and write its overlay into its staged file (from the frames the segmentation decoded),
+    then the YouTube-VIS results JSON."""
     from tqdm.auto import tqdm
     from vistr.pipeline_vistr import VideoSegmenter
-    from vistr.tools.overlay import overlay_frames
-    from vistr.tools.video_writer import encode_video
+    from vistr.tools.overlay import KeptFrames
     from vistr.tools.youtube_vis_inference import video_results
-    from vistr.video_io import iter_frames, video_fps
 
     segmenter = VideoSegmenter(model, processor, stride=args.stride, mask_threshold=args.mask_threshold,
                                test_time_flips=args.test_time_flips, mask_score_weighting=args.mask_score_weighting)  # fmt: skip
+    overlays = list(zip(_overlay_paths(args.overlay, args.inputs), overlay_files)) if overlay_files else []
     videos = []
     with tqdm(args.inputs, desc="videos", unit="video") as bar:
-        for source in bar:
+        for index, source in enumerate(bar):
+            kept = KeptFrames() if overlays else None
             with tqdm(desc=f"clips of {Path(source).name}", unit="clip", leave=False) as clips:
-                videos.append(segmenter(source, on_clip=clips.update))
+                videos.append(segmenter(source, on_clip=clips.update, on_frame=kept.add if kept else None))
+            if overlays:
+                _write_overlay(source, videos[-1], kept, *overlays[index], model.config.id2label, args.threshold)
     results = [result for video_id, video in enumerate(videos, start=1) for result in video_results(video_id, video)]
     results_file.write_text(dumps_json(results, f"--output {args.output}", NON_FINITE_FIX))
     for video_id, (source, video) in enumerate(zip(args.inputs, videos), start=1):
         _print_found(video_id, source, video, model.config.id2label, args.threshold)
-    for source, video, path, staged in zip(args.inputs, videos, _overlay_paths(args.overlay, args.inputs), overlay_files):
-        frames = overlay_frames(iter_frames(source), video["instances"], model.config.id2label, args.threshold)
-        frames = tqdm(frames, total=video["length"], desc=f"overlay {shown(Path(path).name)}", leave=False)
-        encode_video(frames, staged, video_fps(source), Path(path).suffix)
+
+
+def _write_overlay(source: str, video: dict, kept, path: Path, staged: Path, id2label: dict[int, str],
+                   threshold: float) -> None:  # fmt: skip
+    from tqdm.auto import tqdm
+    from vistr.tools.overlay import overlay_frames
+    from vistr.tools.video_writer import encode_video
+    from vistr.video_io import video_fps
+
+    frames = overlay_frames(kept.frames(source), video["instances"], id2label, threshold)
+    frames = tqdm(frames, total=video["length"], desc=f"overlay {shown(Path(path).name)}", leave=False)
+    encode_video(frames, staged, video_fps(source), Path(path).suffix)
 
 
 def _print_found(video_id: int, source: str, video: dict, id2label: dict[int, str], threshold: float) -> None:

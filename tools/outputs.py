@@ -388,13 +388,19 @@ _MODEL_FOLDER_FILE = re.compile(r"config\.json|video_preprocessor_config\.json|R
                                 r"|model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json")
 
 
+# the code files a complete model folder holds: each of these with the siblings it imports
+_REMOTE_CODE_ENTRIES = ("modeling_vistr.py", "image_processing_vistr.py", "pipeline_vistr.py")
+
+
 @functools.cache
 def _model_code_files() -> frozenset[str]:
-    """The code files `save_pretrained` copies beside the weights: modeling_vistr.py and what it imports."""
+    """The code files saving a model folder copies beside the weights: the model's, the video processor's and
+    the pipeline's, each with the files it imports."""
     from transformers.dynamic_module_utils import get_relative_import_files
 
-    modeling = Path(__file__).resolve().parents[1] / "modeling_vistr.py"
-    return frozenset(Path(name).name for name in [modeling, *get_relative_import_files(modeling)])
+    package_root = Path(__file__).resolve().parents[1]
+    entries = [package_root / name for name in _REMOTE_CODE_ENTRIES]
+    return frozenset(Path(name).name for entry in entries for name in [entry, *get_relative_import_files(entry)])
 
 
 def json_object(path: Path) -> dict:

@@ -7,12 +7,16 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vistr.video_io import iter_frames
+
 # Distinct colours (the original demo's palette, extended), as 0..255 RGB.
 PALETTE = [
     (0, 114, 189), (217, 83, 25), (237, 177, 32), (126, 47, 142), (119, 172, 48), (77, 190, 238),
     (162, 20, 47), (0, 190, 0), (255, 0, 255), (255, 128, 0), (0, 255, 191), (128, 128, 255),
 ]  # fmt: skip
 ALPHA = 0.5
+# the decoded frames a segmentation keeps for its overlay at most, in bytes: a longer video is decoded again
+KEPT_FRAME_BYTES = 512 * 2**20
 
 
 def colour_of(track_id: int) -> tuple[int, int, int]:
@@ -73,3 +77,28 @@ def overlay_frames(
     """The overlay of each frame: instances scoring below `threshold` are left out."""
     for index, image in enumerate(frames):
         yield draw_frame(image, instances, index, id2label, threshold)
+
+
+class KeptFrames:
+    """The frames of one video as its segmentation decoded them (`VideoSegmenter`'s `on_frame`), kept for its
+    overlay so that the video is decoded once. Only while they fit `budget` bytes: the frames of a longer video
+    are dropped and `frames` decodes it again, so memory stays bounded for a video of any length."""
+
+    def __init__(self, budget: int | None = None):
+        self.budget = KEPT_FRAME_BYTES if budget is None else budget
+        self.complete = True  # every frame so far is kept
+        self._frames: list[Image.Image] = []
+        self._bytes = 0
+
+    def add(self, image: Image.Image) -> None:
+        if not self.complete:
+            return
+        self._bytes += image.width * image.height * len(image.getbands())
+        if self._bytes > self.budget:
+            self.complete, self._frames = False, []
+        else:
+            self._frames.append(image)
+
+    def frames(self, source) -> Iterator[Image.Image]:
+        """The video's frames: those kept, or `source` decoded again."""
+        return iter(self._frames) if self.complete else iter_frames(source)

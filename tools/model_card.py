@@ -1,8 +1,13 @@
-"""Sharing a VisTR folder: its model card (`README.md` beside the weights) and the upload to the Hub.
+"""Publishing a VisTR folder: its model card (`README.md` beside the weights), the files that make it usable
+anywhere (video processor, pipeline entry and code) and the upload to the Hub.
 
 A folder on the Hub without a card tells its users nothing about where the weights came from; the
 card says how the model was made (converted from which file, or trained with which command on which
 data), what it scores when that is known, how to load it and what it is not for.
+
+The model does not import this module: the `vistr` package hands it to the model classes as their
+`folder_publisher` (see `vistr/__init__.py`), so that `model.save_pretrained` and `model.push_to_hub` complete
+the folder they write, while the model files stay free of processor, pipeline and card code.
 """
 
 from __future__ import annotations
@@ -15,13 +20,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
+from transformers.dynamic_module_utils import custom_object_save
 from transformers.utils import CONFIG_NAME, VIDEO_PROCESSOR_NAME
 
-# Relative imports of a model file's modules travel with it: every `save_pretrained` of the model (and the
-# Hub's remote-code loader) takes the pipeline's and the processor's code along, so its folder always holds them.
-from .image_processing_vistr import processor_for_model
-from .optional_dependencies import FULL_INSTALL, OPTIONAL_PACKAGES, REQUIRED_INSTALL
-from .pipeline_vistr import CUSTOM_PIPELINES, TASK, VideoInstanceSegmentationPipeline
+from vistr.image_processing_vistr import processor_for_model
+from vistr.optional_dependencies import FULL_INSTALL, OPTIONAL_PACKAGES, REQUIRED_INSTALL
+from vistr.pipeline_vistr import CUSTOM_PIPELINES, TASK, VideoInstanceSegmentationPipeline
 
 PAPER = "https://arxiv.org/abs/2011.14503"
 TAGS = [TASK, "vistr", "transformers"]
@@ -188,27 +192,28 @@ def save_model_card(folder: str | os.PathLike, card: ModelCard) -> Path:
     return path
 
 
-def save_default_model_card(folder: str | os.PathLike, config) -> None:
+def complete_saved_folder(folder: str | os.PathLike, config) -> None:
     """Complete a folder the model's `save_pretrained` wrote, so that it loads anywhere with the Auto classes
-    and `pipeline(..., trust_remote_code=True)`: the pipeline entry in its config (the code came along), the
-    default video processor for the model and a card where the folder has none. A processor or card written
-    by the user, the converter or the trainer (which know the provenance) is kept."""
+    and `pipeline(..., trust_remote_code=True)`: the pipeline entry in its config and the pipeline's code, the
+    default video processor for the model (with its code) and a card where the folder has none. A processor or
+    card written by the user, the converter or the trainer (which know the provenance) is kept."""
     folder = Path(folder)
     _add_pipeline_entry(folder / CONFIG_NAME)
+    custom_object_save(VideoInstanceSegmentationPipeline, folder)
     if not (folder / VIDEO_PROCESSOR_NAME).exists():
         processor_for_model(config).save_pretrained(folder)
     if not (folder / "README.md").exists():
         save_model_card(folder, _default_model_card(config, folder.name))
 
 
-def prepare_model_upload(folder: str | os.PathLike, config, repo_id: str) -> None:
+def complete_upload(folder: str | os.PathLike, config, repo_id: str) -> None:
     """Complete a folder that transformers' `push_to_hub` (or `save_pretrained(push_to_hub=True)`) is about to
-    upload to `repo_id`, as `save_default_model_card` does, and put our card in place of transformers' template.
+    upload to `repo_id`, as `complete_saved_folder` does, and put our card in place of transformers' template.
 
     Just before uploading, transformers writes the card the repository already has (kept) or, for a repository
     without one, its template, which has none of the provenance, license, installation and loading code of ours
     (only `library_name` and the tags it was given, which our card takes over)."""
-    save_default_model_card(folder, config)
+    complete_saved_folder(folder, config)
     metadata = ModelCard((Path(folder) / "README.md").read_text()).data.to_dict()
     if metadata.get("library_name") == "transformers" and set(metadata) <= TEMPLATE_CARD_KEYS:
         save_model_card(folder, _default_model_card(config, repo_id, tags=metadata.get("tags") or ()))
@@ -255,6 +260,6 @@ def save_model_folder(model, folder: str | os.PathLike, processor=None) -> None:
 
 
 __all__ = [
-    "build_model_card", "file_sha256", "prepare_model_upload", "push_to_hub", "save_default_model_card",
-    "save_model_card", "save_model_folder",
+    "build_model_card", "complete_saved_folder", "complete_upload", "file_sha256", "push_to_hub", "save_model_card",
+    "save_model_folder",
 ]

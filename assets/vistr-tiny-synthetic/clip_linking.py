@@ -1,0 +1,1 @@
+../../clip_linking.py
