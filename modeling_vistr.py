@@ -10,7 +10,7 @@ speeds up: the frozen batch norms are folded into the backbone's convolutions on
 (frozen_batch_norm.py; channels-last on CPU); the mask head's first convolution takes the encoder memory's
 share once per frame instead of once per query; the deformable convolution's CPU and GPU paths live in
 deform_conv.py; the 3-D instance head runs channels-last on CPU. Each equals the plain computation to
-round-off (tests/test_modeling_fast_paths.py).
+round-off (tests/test_modeling_vistr.py).
 
 Conventions: `pixel_values` [B, T, 3, H, W], `pixel_mask` [B, T, H, W] with 1 = real pixel;
 queries are frame-major (query `t * n + slot`); the same slot across frames is one instance.

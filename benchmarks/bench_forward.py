@@ -41,10 +41,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from original_flow import OriginalFlow  # noqa: E402
-from vistr.configuration_vistr import VisTRConfig  # noqa: E402
-from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation  # noqa: E402
+from original_flow import OriginalFlow
+from vistr.configuration_vistr import VisTRConfig
+from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = REPO_ROOT / "assets" / "vistr-tiny-synthetic"

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -24,11 +22,10 @@ import torchvision
 from transformers.backbone_utils import load_backbone
 from transformers.models.detr.modeling_detr import replace_batch_norm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_forward import cpu_name  # noqa: E402
-from vistr import modeling_vistr as mv  # noqa: E402
-from vistr.configuration_vistr import VisTRConfig  # noqa: E402
-from vistr.deform_conv import deform_conv2d  # noqa: E402
+from bench_forward import cpu_name
+from vistr import modeling_vistr as mv
+from vistr.configuration_vistr import VisTRConfig
+from vistr.deform_conv import deform_conv2d
 
 
 def _unfolded(config: VisTRConfig, backbone: mv.VisTRConvBackbone) -> torch.nn.Module:

@@ -26,9 +26,8 @@ from pathlib import Path
 
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_forward import cpu_name  # noqa: E402
-from vistr.tools.youtube_vis import SyntheticOptions, synthetic_videos  # noqa: E402
+from bench_forward import cpu_name
+from vistr.tools.youtube_vis import SyntheticOptions, synthetic_videos
 
 BUNDLED = Path(__file__).resolve().parent.parent / "assets" / "vistr-tiny-synthetic"
 

@@ -25,7 +25,6 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -33,9 +32,8 @@ import torch
 import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_forward import cpu_name  # noqa: E402
-from vistr.image_processing_vistr import VisTRVideoProcessor, resized_size  # noqa: E402
+from bench_forward import cpu_name
+from vistr.image_processing_vistr import VisTRVideoProcessor, resized_size
 
 FRAMES, SLOTS, CLASSES = 36, 10, 41
 ORIGINAL = (720, 1280)

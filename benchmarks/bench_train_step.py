@@ -26,16 +26,14 @@ import contextlib
 import copy
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_forward import cpu_name  # noqa: E402
-from vistr.configuration_vistr import VisTRConfig  # noqa: E402
-from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation  # noqa: E402
+from bench_forward import cpu_name
+from vistr.configuration_vistr import VisTRConfig
+from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation
 
 BUNDLED = Path(__file__).resolve().parent.parent / "assets" / "vistr-tiny-synthetic"
 

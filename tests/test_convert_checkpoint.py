@@ -1,4 +1,5 @@
-"""The converter: every key of the real released R50/R101 structures, and clear errors for bad files."""
+"""The converter: every key of the real released R50/R101 structures, clear errors for bad files, and the
+initialisation it hands the trainer from an original or a DETR checkpoint."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from vistr.convert_checkpoint import (
     ConversionError,
     convert,
     convert_state_dict,
+    initialization_state_dict,
     load_original_checkpoint,
     write_folder_atomically,
 )
@@ -155,3 +157,16 @@ def test_command_line_converts_and_refuses_to_overwrite(tmp_path, parity_dir):
     assert json.loads((output / "config.json").read_text())["num_frames"] == 4
     again = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
     assert again.returncode != 0 and "--overwrite" in again.stderr
+
+
+def test_detr_style_keys_map_onto_the_same_weights(parity_dir, tmp_path):
+    """A DETR file (no `vistr.` prefix, DETR's own mask head) initialises backbone and transformer."""
+    state, _ = load_original_checkpoint(parity_dir / "vistr_tiny_r50_original.pth")
+    detr = {name.removeprefix("vistr."): tensor for name, tensor in state.items() if name.startswith("vistr.")}
+    detr["mask_head.lay5.weight"] = torch.zeros(1)
+    torch.save({"model": detr}, tmp_path / "detr.pth")
+    mapped = initialization_state_dict(tmp_path / "detr.pth")
+    reference = initialization_state_dict(parity_dir / "vistr_tiny_r50_original.pth")
+    assert set(mapped) == {name for name in reference if not name.startswith(("mask_head.", "instance_head.", "bbox_attention."))}
+    for name, tensor in mapped.items():
+        assert torch.equal(tensor, reference[name]), name

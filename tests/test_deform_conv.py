@@ -5,7 +5,8 @@ grid-sample path) run in this process.  The Triton kernels run on CUDA tensors w
 a GPU is present, and on CPU through Triton's interpreter otherwise; the
 interpreter needs TRITON_INTERPRET=1 before triton is first imported (torchvision
 imports it), so test_triton_kernels_in_interpreter re-runs the test_triton_*
-tests of this file in a subprocess with that variable set.
+tests of this file in a subprocess with that variable set. The bf16 grid-sample path at the mask
+head's full-size shape is checked against float64 on the same values.
 """
 
 from __future__ import annotations
@@ -571,3 +572,19 @@ def test_triton_kernels_in_interpreter():
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and " passed" in result.stdout, result.stdout[-6000:] + result.stderr[-3000:]
     assert "skipped" not in result.stdout, result.stdout[-3000:]
+
+
+def test_deform_conv_bf16_at_the_full_mask_head_size():
+    """The bf16 grid-sample DCN at the mask head's size for 300x540 inputs (75x135, 48 -> 24 channels), against
+    float64 on the same bf16 values: within one bf16 rounding (positions held in bf16 would be off by up to
+    half a pixel at this width)."""
+    generator = torch.Generator().manual_seed(0)
+    input = torch.randn(2, 48, 75, 135, generator=generator).relu().to(torch.bfloat16)
+    offset = (torch.randn(2, 18, 75, 135, generator=generator) * 2).to(torch.bfloat16)
+    weight = (torch.randn(24, 48, 3, 3, generator=generator) * 0.1).to(torch.bfloat16)
+    expected = dc.deform_conv2d(input.double(), offset.double(), weight.double(), padding=1)
+    for layout in (torch.contiguous_format, torch.channels_last):  # the mask head hands it channels-last
+        actual = dc.deform_conv2d(input.contiguous(memory_format=layout), offset.contiguous(memory_format=layout),
+                                  weight, padding=1)
+        assert actual.dtype == torch.bfloat16
+        assert ((actual.double() - expected).abs().max() / expected.abs().max()).item() <= 1e-2

@@ -1,8 +1,8 @@
-"""Test-time flip averaging (flip_averaging.py): slots matched across views, views un-flipped and averaged."""
+"""flip_averaging.py, test-time flips: slots matched across views, views un-flipped and averaged (the
+processor saving its flips: test_image_processing_vistr.py; `--test-time-flips`: tools/test_cli.py)."""
 
 from __future__ import annotations
 
-import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from vistr.flip_averaging import check_flips, flip_averaged
 from vistr.image_processing_vistr import VisTRVideoProcessor
-from vistr.tools import cli as vistr_cli
 
 FRAMES, SLOTS, CLASSES, HEIGHT, WIDTH = 3, 3, 4, 32, 48
 ALL_FLIPS = ("horizontal", "vertical", "both")
@@ -116,22 +115,3 @@ def test_unknown_or_repeated_flips_are_one_clear_error():
         check_flips(["vertical", "vertical"])
     with pytest.raises(ValueError, match="diagonal"):
         VisTRVideoProcessor(test_time_flips=["diagonal"])
-
-
-def test_the_processor_saves_its_flips_and_saves_nothing_without_them(tmp_path):
-    VisTRVideoProcessor(test_time_flips=["horizontal", "both"]).save_pretrained(tmp_path / "flips")
-    VisTRVideoProcessor().save_pretrained(tmp_path / "plain")
-    saved = json.loads((tmp_path / "flips" / "video_preprocessor_config.json").read_text())
-    assert saved["test_time_flips"] == ["horizontal", "both"]
-    assert "test_time_flips" not in json.loads((tmp_path / "plain" / "video_preprocessor_config.json").read_text())
-    assert VisTRVideoProcessor.from_pretrained(tmp_path / "flips").test_time_flips == ["horizontal", "both"]
-    assert VisTRVideoProcessor.from_pretrained(tmp_path / "plain").test_time_flips is None
-
-
-@pytest.mark.parametrize(("given", "problem"), [(["none", "horizontal"], "goes alone"), (["both", "both"], "at most once")])
-def test_cli_flips_that_contradict_each_other_are_one_line(capsys, tmp_path, given, problem):
-    with pytest.raises(SystemExit) as exit_info:
-        vistr_cli.main(["segment", "video.mp4", "--output", str(tmp_path / "out.json"), "--test-time-flips", *given])
-    error = capsys.readouterr().err.strip()
-    assert exit_info.value.code == 2 and error.splitlines() == [error] and problem in error
-    assert not (tmp_path / "out.json").exists()

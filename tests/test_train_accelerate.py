@@ -1,4 +1,5 @@
-"""train_accelerate.py end to end on a tiny synthetic data set (CPU, a few optimizer steps)."""
+"""train_accelerate.py end to end on a tiny synthetic data set (CPU, a few optimizer steps); conftest holds the
+set (`synthetic_root`) and the tiny model's arguments (`train_arguments`)."""
 
 from __future__ import annotations
 
@@ -11,39 +12,17 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO_ROOT, SMALL_CLIPS, TINY_MODEL, assert_one_line_error, failed_command, train_arguments
 from PIL import Image
 from safetensors.torch import load_file
-from test_bad_inputs_writers import assert_one_line_error, failed_command
-from test_model_card import local_hub  # noqa: F401  (fixture: a local stand-in for the Hub API)
 from transformers import AutoModelForInstanceSegmentation
 from vistr import train_accelerate
-from conftest import REPO_ROOT
 from vistr.configuration_vistr import VisTRConfig
-from vistr.convert_checkpoint import initialization_state_dict, load_original_checkpoint
 from vistr.image_processing_vistr import VisTRVideoProcessor, processor_for_model
 from vistr.loss_vistr import LossSettings
 from vistr.tools.model_card import save_model_folder
 from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation
-from vistr.tools.model_source import load_fitting_weights, read_model_source
 from vistr.tools.youtube_vis import SyntheticOptions, load_youtube_vis, make_synthetic, save_parquet
-
-TINY_MODEL = ["--backbone", "resnet18", "--num-frames", "2", "--encoder-layers", "1", "--decoder-layers", "2",
-              "--ffn-dim", "64", "--num-queries-per-frame", "3"]  # fmt: skip
-SMALL_CLIPS = ["--train-size", "64", "--train-max-size", "96", "--scales", "64", "80", "--crop-min-size", "48",
-               "--crop-max-size", "80", "--crop-scales", "72", "88"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def synthetic_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data") / "synthetic"
-    options = SyntheticOptions(min_frames=3, max_frames=5, min_side=64, max_side=96, max_instances=2)
-    make_synthetic(root, num_videos=6, seed=3, options=options, progress=False)
-    return root
-
-
-def train_arguments(root, output_dir, *extra: str) -> list[str]:
-    return ["--data-root", str(root), "--output-dir", str(output_dir), "--validation-fraction", "0.34",
-            "--report-to", "none", "--lr", "1e-3", "--seed", "5", *TINY_MODEL, *SMALL_CLIPS, *extra]  # fmt: skip
 
 
 def test_training_writes_a_loadable_model_with_card_curve_and_checkpoint(synthetic_root, tmp_path, local_hub):
@@ -155,32 +134,6 @@ def test_resuming_continues_exactly_like_an_uninterrupted_run(synthetic_root, tm
         return train_arguments(synthetic_root, output_dir, "--checkpointing-steps", "2", *extra)
 
     assert_resume_is_exact(arguments_of, tmp_path, stop=2, end=5)
-
-
-def test_initialising_from_an_original_checkpoint_drops_only_what_does_not_fit(parity_dir):
-    state, _ = load_original_checkpoint(parity_dir / "vistr_tiny_r50_original.pth")
-    config = train_accelerate.VisTRConfig(num_frames=3, encoder_layers=2, decoder_layers=2, ffn_dim=512, num_labels=5)
-    model = VisTRForVideoInstanceSegmentation(config)
-    source = read_model_source(str(parity_dir / "vistr_tiny_r50_original.pth"))
-    report = load_fitting_weights(model, source.weights)
-    assert sorted(report.fresh) == [
-        "class_labels_classifier.bias", "class_labels_classifier.weight", "vistr.query_position_embeddings.weight"]
-    loaded = model.state_dict()
-    assert torch.equal(loaded["vistr.input_projection.weight"], state["vistr.input_proj.weight"].float())
-    assert torch.equal(loaded["mask_head.dcn.weight"], state["mask_head.dcn.weight"].float())
-
-
-def test_detr_style_keys_map_onto_the_same_weights(parity_dir, tmp_path):
-    """A DETR file (no `vistr.` prefix, DETR's own mask head) initialises backbone and transformer."""
-    state, _ = load_original_checkpoint(parity_dir / "vistr_tiny_r50_original.pth")
-    detr = {name.removeprefix("vistr."): tensor for name, tensor in state.items() if name.startswith("vistr.")}
-    detr["mask_head.lay5.weight"] = torch.zeros(1)
-    torch.save({"model": detr}, tmp_path / "detr.pth")
-    mapped = initialization_state_dict(tmp_path / "detr.pth")
-    reference = initialization_state_dict(parity_dir / "vistr_tiny_r50_original.pth")
-    assert set(mapped) == {name for name in reference if not name.startswith(("mask_head.", "instance_head.", "bbox_attention."))}
-    for name, tensor in mapped.items():
-        assert torch.equal(tensor, reference[name]), name
 
 
 # ------------------------------------------------------------------------------------------------- the source decides
@@ -427,3 +380,26 @@ def test_a_full_disk_while_saving_a_checkpoint_ends_in_one_line_and_leaves_no_st
     code, message = failed_command(capsys, train_accelerate.main, *arguments)
     assert_one_line_error(message, "No space left on device")
     assert code == 1 and list((tmp_path / "checkpoints").iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------- backbone pre-training stage
+
+
+def test_the_trainer_runs_the_stage_first_then_trains_vistr_alone(synthetic_root, tmp_path):
+    arguments = train_arguments(synthetic_root, tmp_path / "run", "--backbone-norm", "batch_norm",
+                                "--backbone-frozen-stages", "-1", "--backbone-pretraining-steps", "3")  # fmt: skip
+    run = train_accelerate.Run(train_accelerate.build_parser().parse_args(arguments))
+    backbone = {name: p.detach().clone() for name, p in run.model.vistr.backbone.named_parameters()}
+    run.pretrain_backbone()
+    assert len(run.pretraining_history) == 3
+    assert any(not torch.equal(p, backbone[name]) for name, p in run.model.vistr.backbone.named_parameters())
+    run.prepare()
+    assert len(run.accelerator._models) == 1 and len(run.accelerator._optimizers) == 1  # the stage left nothing
+    logged = run.train_step(next(iter(run.loader)))
+    assert logged is not None and torch.isfinite(torch.tensor(logged["loss"]))
+
+
+def test_negative_stage_length_is_refused(synthetic_root, tmp_path):
+    arguments = train_arguments(synthetic_root, tmp_path / "run", "--backbone-pretraining-steps", "-1")
+    with pytest.raises(SystemExit):
+        train_accelerate.main(arguments)

@@ -26,7 +26,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CHECKPOINT, require_parity_dir
+from conftest import TINY_CHECKPOINT, assert_one_line_error, failed_command, require_parity_dir
 from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import save_file
@@ -47,7 +47,7 @@ from vistr.tools.outputs import (
 )
 from vistr.tools.video_writer import write_video
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LONG_NAME = "n" * 300 + ".json"
 
 CASES = [  # (command line, piece of the message, exit code)
@@ -116,20 +116,6 @@ CASES = [  # (command line, piece of the message, exit code)
 def vistr(capsys, *args: str) -> tuple[int, str]:
     """(exit code, the error message) of `vistr ARGS`, run in this process; progress bars before it are dropped."""
     return failed_command(capsys, vistr_cli.main, *args)
-
-
-def failed_command(capsys, main, *args: str) -> tuple[int, str]:
-    """(exit code, the error message) of a command's `main(ARGS)` that must fail without a traceback."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    code, printed = exit_info.value.code, capsys.readouterr().err
-    assert "Traceback" not in printed, printed
-    return (1, code) if isinstance(code, str) else (code, printed.strip().splitlines()[-1])
-
-
-def assert_one_line_error(message: str, piece: str) -> None:
-    assert message.startswith("error: ") and "\n" not in message and "Traceback" not in message, message
-    assert piece in message, message
 
 
 def leftovers(folder: Path) -> list[Path]:

@@ -1,69 +1,17 @@
 """Model cards written by save_pretrained, the converter and the trainer; --push-to-hub and the model's
-`push_to_hub` against a local stand-in."""
+`push_to_hub` against a local stand-in (conftest's `local_hub`)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
-import huggingface_hub
-import pytest
 import yaml
-from huggingface_hub import ModelCard
-from huggingface_hub.errors import EntryNotFoundError
-from transformers.utils import hub as transformers_hub
 from vistr import convert_checkpoint
 from vistr.configuration_vistr import VisTRConfig
 from vistr.tools.model_card import build_model_card
 from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation
-
-
-class LocalHub:
-    """Stands in for `huggingface_hub.HfApi` and transformers' `hf_api()`: repos are folders under `root`, uploads
-    and commits are copies."""
-
-    root: Path
-
-    def __init__(self, **kwargs):
-        pass
-
-    def create_repo(self, repo_id, repo_type="model", private=False, exist_ok=False, **kwargs):
-        path = self.root / repo_id
-        if path.exists() and not exist_ok:
-            raise FileExistsError(repo_id)
-        path.mkdir(parents=True, exist_ok=True)
-        return SimpleNamespace(repo_id=repo_id)
-
-    def upload_folder(self, folder_path, repo_id, repo_type="model", commit_message=""):
-        shutil.copytree(folder_path, self.root / repo_id, dirs_exist_ok=True)
-        return f"local://{repo_id}/commit"
-
-    def create_commit(self, repo_id, operations, **kwargs):
-        for operation in operations:
-            target = self.root / repo_id / operation.path_in_repo
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(operation.path_or_fileobj, target)
-        return f"local://{repo_id}/commit"
-
-
-def load_local_card(card_class, repo_id, **kwargs) -> ModelCard:
-    """`ModelCard.load` of a stand-in repo: its README.md, or EntryNotFoundError (a repo without a card)."""
-    card = LocalHub.root / repo_id / "README.md"
-    if not card.is_file():
-        raise EntryNotFoundError(f"{repo_id} has no README.md")
-    return card_class(card.read_text())
-
-
-@pytest.fixture
-def local_hub(tmp_path, monkeypatch):
-    LocalHub.root = tmp_path / "hub"
-    monkeypatch.setattr(huggingface_hub, "HfApi", LocalHub)
-    monkeypatch.setattr(transformers_hub, "_hf_api", LocalHub())
-    monkeypatch.setattr(ModelCard, "load", classmethod(load_local_card))
-    return LocalHub.root
 
 
 def card_metadata(folder: Path) -> dict:

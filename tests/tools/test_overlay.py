@@ -10,7 +10,7 @@ from pycocotools import mask as mask_utils
 from vistr import video_io
 from vistr.tools import cli, overlay
 
-SAMPLE = Path(__file__).resolve().parents[1] / "assets" / "sample.mp4"
+SAMPLE = Path(__file__).resolve().parents[2] / "assets" / "sample.mp4"
 
 
 def instance(track_id: int, score: float, box: tuple[int, int, int, int], size=(60, 80)) -> dict:

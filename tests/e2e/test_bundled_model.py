@@ -12,14 +12,12 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
-from conftest import import_script
+from conftest import REPO_ROOT, import_script
 from vistr.video_io import iter_frames
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 ASSETS = REPO_ROOT / "assets"
 BUNDLED = ASSETS / "vistr-tiny-synthetic"
 SAMPLE = ASSETS / "sample.mp4"

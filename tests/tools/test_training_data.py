@@ -19,6 +19,7 @@ import pytest
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
+from vistr.image_processing_vistr import VisTRVideoProcessor
 from vistr.tools.data_sources import open_training_data
 from vistr.tools.training_data import (
     AugmentationOptions,
@@ -587,3 +588,12 @@ def test_a_stream_refuses_lengths_that_are_not_its_videos(sources):
         list(VisTRClipStream(data.rows, wrong, 2, lambda clip, generator: clip, seed=0))
     with pytest.raises(TrainingDataError, match="need 0 <= rank < world_size"):
         VisTRClipStream(data.rows, lengths, 2, lambda clip, generator: clip, seed=0, rank=2, world_size=2)
+
+
+def test_training_scales_pixels_exactly_as_the_processor():
+    from vistr.tools.training_data import _normalized_pixels
+
+    rng = np.random.default_rng(0)
+    frames = [Image.fromarray(rng.integers(0, 256, (9, 13, 3), dtype=np.uint8)) for _ in range(2)]
+    batch = VisTRVideoProcessor(num_frames=2)(videos=frames, do_resize=False)
+    assert torch.equal(batch["pixel_values"][0], _normalized_pixels(frames))

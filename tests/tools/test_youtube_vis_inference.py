@@ -20,7 +20,7 @@ from vistr.tools import youtube_vis_inference
 from vistr.tools.evaluation_youtube_vis import evaluate
 from vistr.tools.youtube_vis import SyntheticOptions, make_synthetic, synthetic_categories
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The processor's fast mask thresholding gives exactly the masks of the plain computation.
+"""mask_upsampling.py: the processor's fast mask thresholding gives exactly the masks of the plain computation.
 
 Plain: F.interpolate(bilinear, align_corners=False) to the frame size, sigmoid, > threshold. Fast:
 cells decided from their corners, only edge cells interpolated, with the kernel's arithmetic

@@ -29,10 +29,10 @@ import av
 import numpy as np
 import pytest
 import torch
+from conftest import assert_one_line_error, failed_command
 from PIL import Image
 from pycocotools import mask as mask_utils
 from safetensors.torch import load_file, save_file
-from test_bad_inputs_writers import assert_one_line_error, failed_command
 from vistr import convert_checkpoint
 from vistr.configuration_vistr import VisTRConfig, config_problems
 from vistr.tools.model_card import save_model_folder
@@ -523,7 +523,7 @@ def test_the_loader_names_a_non_utf8_file_name_it_cannot_store(tmp_path):
 
 @pytest.fixture(scope="module")
 def bundled_model() -> str:
-    return str(Path(__file__).resolve().parents[1] / "assets" / "vistr-tiny-synthetic")
+    return str(Path(__file__).resolve().parents[2] / "assets" / "vistr-tiny-synthetic")
 
 
 def split_job(root: Path, model: str, output: Path) -> str:

@@ -1,5 +1,10 @@
-"""The video processor as transformers users call it: `model(**processor(video))` for any video length and
-input form, the standard VideosKwargs, and DETR-style `post_process_instance_segmentation` stitching clips."""
+"""image_processing_vistr.py: the video processor as transformers users call it.
+
+Preprocessing against the original's (../shared/parity); `model(**processor(video))` for any video length and
+input form; the standard VideosKwargs; the settings it saves; and the options of its DETR-style
+`post_process_instance_segmentation` (threshold, names, RLE, target sizes, mask score weighting). How the clips'
+instances are linked into tracks and scored, as the original's post-processing: test_clip_linking.py.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +17,12 @@ import pytest
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
-from test_pipeline import OracleModel, iou, moving_squares
-from torch import nn
-from vistr.image_processing_vistr import VisTRVideoProcessor
-from vistr.pipeline_vistr import VideoSegmenter, decode_masks
+from transformers import AutoVideoProcessor
+from vistr import modeling_vistr  # noqa: F401  (registers the Auto classes)
+from vistr.image_processing_vistr import VisTRVideoProcessor, resized_size
+from vistr.video_io import VideoReadError
 
+PARITY_SIZE = {"shortest_edge": 128, "longest_edge": 640}
 SMALL = {"shortest_edge": 64}
 
 
@@ -27,6 +33,104 @@ def parity_processor(**settings) -> VisTRVideoProcessor:
 
 def looped(video: np.ndarray, length: int) -> np.ndarray:
     return np.concatenate([video] * (length // len(video) + 1))[:length]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Preprocessing
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_preprocessing_equals_the_original(parity_inputs):
+    processor = VisTRVideoProcessor(num_frames=4)  # the tiny model's clip: the 4 frames as they are
+    batch = processor(videos=[parity_inputs["raw_video_uint8"]], size=PARITY_SIZE, return_tensors="pt")
+    assert batch["pixel_values"].shape == (1, 4, 3, 128, 160)
+    assert (batch["pixel_values"][0] - parity_inputs["pixel_values"]).abs().max() <= 1e-6
+    assert batch["pixel_mask"].bool().all()
+
+
+def test_fast_resize_backend_is_close_but_not_the_default(parity_inputs):
+    """Tensor resizing differs from PIL's by a few 1e-3, which is why the exact PIL path is the default."""
+    assert VisTRVideoProcessor().resize_backend == "pil"
+    fast_processor = VisTRVideoProcessor(resize_backend="torchvision", num_frames=4)
+    fast = fast_processor(videos=[parity_inputs["raw_video_uint8"]], size=PARITY_SIZE)
+    difference = (fast["pixel_values"][0] - parity_inputs["pixel_values"]).abs()
+    assert 1e-6 < difference.max() < 0.1 and difference.mean() < 5e-3
+
+
+def test_resized_size_follows_the_original_rule():
+    assert resized_size(200, 250, 128, 640) == (128, 160)
+    assert resized_size(720, 1280, 300) == (300, 533)  # int() truncation, as torchvision's Resize
+    assert resized_size(300, 3000, 300, 540) == (54, 540)  # longest edge caps the scale
+    assert resized_size(300, 400, 300) == (300, 400)
+
+
+def _default_size(height: int, width: int) -> tuple[int, int]:
+    options = VisTRVideoProcessor().preprocess_options({})
+    return resized_size(height, width, options.shortest_edge, options.longest_edge)
+
+
+def test_default_size_caps_the_long_side_of_thin_frames():
+    """Shortest edge to 300 alone made a 3 x 1000 frame 300 x 100000 (1.4 GB in one allocation)."""
+    assert _default_size(3, 1000) == (4, 1333)
+    assert _default_size(640, 32) == (1340, 67)  # the other side scaled and truncated, as the original's max_size
+    frames = np.zeros((1, 20, 400, 3), dtype=np.uint8)
+    assert VisTRVideoProcessor(num_frames=1)(videos=frames)["pixel_values"].shape == (1, 1, 3, 67, 1340)
+
+
+@pytest.mark.parametrize("height,width,expected", [(720, 1280, (300, 533)), (1280, 720, (533, 300)),
+                                                   (480, 640, (300, 400)), (817, 1920, (300, 705))])
+def test_default_size_is_the_originals_for_camera_aspect_ratios(height, width, expected):
+    assert _default_size(height, width) == expected  # 4:3, 16:9 either way, 2.35:1: the cap does not bite
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "RGB"])
+def test_grayscale_rgba_and_odd_sizes(mode):
+    rng = np.random.default_rng(0)
+    frames = [Image.fromarray(rng.integers(0, 255, (37, 51, 3), dtype=np.uint8)).convert(mode) for _ in range(3)]
+    batch = VisTRVideoProcessor(num_frames=3)(videos=frames, size={"shortest_edge": 30})
+    assert batch["pixel_values"].shape == (1, 3, 3, 30, 41)
+    rgb = VisTRVideoProcessor(num_frames=3)(videos=[f.convert("RGB") for f in frames], size={"shortest_edge": 30})
+    if mode == "RGBA":
+        assert torch.equal(batch["pixel_values"], rgb["pixel_values"])
+
+
+def test_a_batch_of_different_sizes_is_padded_with_a_mask():
+    small = np.zeros((2, 40, 60, 3), dtype=np.uint8)
+    large = np.full((2, 60, 80, 3), 255, dtype=np.uint8)
+    batch = VisTRVideoProcessor(num_frames=2)(videos=[small, large], size={"shortest_edge": 40})
+    assert batch["pixel_values"].shape == (2, 2, 3, 40, 60)  # 40x60 stays, 60x80 becomes 40x53
+    assert batch["pixel_mask"][0].all() and batch["pixel_mask"][1].sum() == 2 * 40 * 53
+    assert (batch["pixel_values"][1, :, :, :, 53:] == 0).all() and (batch["pixel_mask"][1, :, :, 53:] == 0).all()
+
+
+def test_folders_of_frames_and_errors(tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for index in (10, 2, 1):  # natural order: 1, 2, 10
+        Image.new("RGB", (32, 24), (index * 20, 0, 0)).save(folder / f"{index}.png")
+    batch = VisTRVideoProcessor()(videos=str(folder), size={"shortest_edge": 24})
+    red = batch["pixel_values"][0, :, 0, 0, 0]
+    assert red[0] < red[1] < red[2]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(VideoReadError, match="no frames found"):
+        VisTRVideoProcessor()(videos=str(empty))
+    with pytest.raises(VideoReadError, match="no such video"):
+        VisTRVideoProcessor()(videos=str(tmp_path / "missing.mp4"))
+
+
+def test_saved_with_its_settings_and_loaded_by_auto_class(tmp_path):
+    VisTRVideoProcessor(size={"shortest_edge": 128}, num_queries_per_frame=7).save_pretrained(tmp_path)
+    loaded = AutoVideoProcessor.from_pretrained(tmp_path)
+    assert type(loaded) is VisTRVideoProcessor
+    assert loaded.num_queries_per_frame == 7 and loaded.resize_backend == "pil"
+    assert json.loads((tmp_path / "video_preprocessor_config.json").read_text())["size"] == {"shortest_edge": 128}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# As transformers users call it: `model(**processor(video))` for any video length and input form, the standard
+# VideosKwargs
+# ----------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("length", [6, 50])
@@ -67,36 +171,6 @@ def test_processor_path_reproduces_the_original_results_json(tiny_model, parity_
     assert len(results) == len(expected)
     for ours, theirs in zip(results, expected):  # the float64 model reproduces the original's outputs to 1e-9
         assert abs(ours.pop("score") - theirs.pop("score")) <= 1e-9 and ours == theirs
-
-
-class ClipBatchOracle(nn.Module):
-    """OracleModel (one clip per call) over a batch of clips."""
-
-    def __init__(self, num_frames: int):
-        super().__init__()
-        self.oracle = OracleModel(num_frames=num_frames)
-        self.config = self.oracle.config
-
-    def forward(self, pixel_values, pixel_mask=None, **layout):
-        outputs = [self.oracle(clip[None]) for clip in pixel_values]
-        logits, masks = torch.cat([o.logits for o in outputs]), torch.cat([o.pred_masks for o in outputs])
-        return SimpleNamespace(logits=logits, pred_masks=masks)
-
-
-def test_stitched_clips_give_one_track_per_object_the_same_as_the_streaming_segmenter():
-    video, truth = moving_squares(13)
-    processor = VisTRVideoProcessor(num_frames=4, num_queries_per_frame=5, size=SMALL, stride=3)
-    inputs = processor(video)
-    outputs = ClipBatchOracle(4)(**inputs)
-    (instances,) = processor.post_process_instance_segmentation(outputs, 0.0, clip_layout=inputs, mask_format="rle")
-    assert len(instances) == 3
-    for k, masks in truth.items():
-        frames = [t for t in range(13) if masks[t].any()]
-        tracked = [decode_masks(i["segmentations"], 64, 96) for i in instances if i["label"] == k]
-        assert len(tracked) == 1 and all(iou(tracked[0][t], masks[t]) > 0.6 for t in frames)
-    streamed = VideoSegmenter(OracleModel(num_frames=4), processor, stride=3)(video)["instances"]
-    assert [{k: v for k, v in i.items() if k != "label_name"} for i in streamed] == [
-        {k: v for k, v in i.items() if k != "label_name"} for i in instances]
 
 
 def test_every_input_form_gives_the_same_pixels(tmp_path, parity_inputs):
@@ -197,7 +271,19 @@ def test_settings_are_saved_and_reloaded(tmp_path):
     assert loaded(np.full((1, 8, 8, 3), 255, dtype=np.uint8), size={"shortest_edge": 8})["pixel_values"].max() == 1.0
 
 
-# ----------------------------------------------------------------------------------- post-processing
+def test_the_processor_saves_its_flips_and_saves_nothing_without_them(tmp_path):
+    VisTRVideoProcessor(test_time_flips=["horizontal", "both"]).save_pretrained(tmp_path / "flips")
+    VisTRVideoProcessor().save_pretrained(tmp_path / "plain")
+    saved = json.loads((tmp_path / "flips" / "video_preprocessor_config.json").read_text())
+    assert saved["test_time_flips"] == ["horizontal", "both"]
+    assert "test_time_flips" not in json.loads((tmp_path / "plain" / "video_preprocessor_config.json").read_text())
+    assert VisTRVideoProcessor.from_pretrained(tmp_path / "flips").test_time_flips == ["horizontal", "both"]
+    assert VisTRVideoProcessor.from_pretrained(tmp_path / "plain").test_time_flips is None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The options of post-processing
+# ----------------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -243,3 +329,59 @@ def test_target_sizes_are_optional_and_override_the_layout(six_frame_run):
     with pytest.raises(ValueError, match="clip_layout describes 1"):
         processor.post_process_instance_segmentation(outputs, clip_layout={**inputs, "clip_video_indices": [0],
                                                                            "clip_frame_indices": [[0, 1, 2, 3]]})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# `mask_score_weighting`: instance scores times the mean mask probability inside the masks (Mask2Former's rule)
+# ----------------------------------------------------------------------------------------------------------
+
+FRAMES, SLOTS, CLASSES, SIZE = 2, 3, 4, 8
+
+
+def clip_outputs() -> SimpleNamespace:
+    """One clip: random class logits, and mask logits whose slots are sure (±6), unsure (±0.8) and mixed."""
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(1, FRAMES * SLOTS, CLASSES + 1, generator=generator, dtype=torch.float64)
+    signs = torch.where(torch.rand(FRAMES, SLOTS, SIZE, SIZE, generator=generator) > 0.6, 1.0, -1.0).double()
+    scale = torch.tensor([6.0, 0.8, 1.0]).double().view(1, SLOTS, 1, 1)
+    scale = scale + torch.rand(FRAMES, SLOTS, SIZE, SIZE, generator=generator, dtype=torch.float64) * 3 * (torch.arange(SLOTS) == 2).view(1, SLOTS, 1, 1)
+    masks = (signs * scale).reshape(1, FRAMES * SLOTS, SIZE, SIZE)
+    return SimpleNamespace(logits=logits, pred_masks=masks)
+
+
+def expected_scores(outputs: SimpleNamespace, weighted: bool) -> np.ndarray:
+    """Per slot, float64 numpy: mean over frames of the best real-class probability, times (weighted) the mean
+    probability of the mask cells above 0.5 over all frames."""
+    logits = outputs.logits[0].numpy().reshape(FRAMES, SLOTS, CLASSES + 1)
+    probabilities = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    scores = probabilities[..., :-1].max(-1).mean(0)
+    if not weighted:
+        return scores
+    mask_probabilities = 1 / (1 + np.exp(-outputs.pred_masks[0].numpy().reshape(FRAMES, SLOTS, -1)))
+    inside = mask_probabilities > 0.5
+    confidence = (mask_probabilities * inside).sum((0, 2)) / inside.sum((0, 2))
+    return scores * confidence
+
+
+def test_weighted_scores_are_class_scores_times_mean_mask_probability():
+    outputs = clip_outputs()
+    processor = VisTRVideoProcessor(num_frames=FRAMES, num_queries_per_frame=SLOTS)
+    for weighted in (False, True):
+        instances = processor.post_process_instance_segmentation(outputs, threshold=0.0, mask_score_weighting=weighted)[0]
+        assert [instance["id"] for instance in instances] == list(range(SLOTS))
+        scores = np.array([instance["score"] for instance in instances])
+        np.testing.assert_allclose(scores, expected_scores(outputs, weighted), rtol=1e-6)
+    sure, unsure = expected_scores(outputs, True)[:2] / expected_scores(outputs, False)[:2]
+    assert sure > 0.99 and unsure < 0.75, "the weighting must separate sure masks from unsure ones"
+
+
+def test_the_processor_setting_is_the_default_and_is_saved_only_when_set(tmp_path):
+    outputs = clip_outputs()
+    weighting = VisTRVideoProcessor(num_frames=FRAMES, num_queries_per_frame=SLOTS, mask_score_weighting=True)
+    scores = [instance["score"] for instance in weighting.post_process_instance_segmentation(outputs, threshold=0.0)[0]]
+    np.testing.assert_allclose(scores, expected_scores(outputs, True), rtol=1e-6)
+    weighting.save_pretrained(tmp_path / "weighting")
+    VisTRVideoProcessor().save_pretrained(tmp_path / "plain")
+    assert json.loads((tmp_path / "weighting" / "video_preprocessor_config.json").read_text())["mask_score_weighting"] is True
+    assert "mask_score_weighting" not in json.loads((tmp_path / "plain" / "video_preprocessor_config.json").read_text())
+    assert VisTRVideoProcessor.from_pretrained(tmp_path / "weighting").weights_scores_by_mask()

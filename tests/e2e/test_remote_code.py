@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from vistr.tools.model_card import save_model_folder
 
-BUNDLED = Path(__file__).resolve().parent.parent / "assets" / "vistr-tiny-synthetic"
+BUNDLED = Path(__file__).resolve().parents[2] / "assets" / "vistr-tiny-synthetic"
 
 SCRIPT = textwrap.dedent(
     """

@@ -1,14 +1,11 @@
-"""Stage 1 from scratch (tools/backbone_pretraining.py): the boxes it classifies, that it learns, and how the
-trainer runs it before the VisTR steps."""
+"""Stage 1 from scratch (tools/backbone_pretraining.py): the boxes it classifies and that it learns, on conftest's
+synthetic set (`synthetic_root`). How the trainer runs it before the VisTR steps: test_train_accelerate.py."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 from accelerate import Accelerator
-from test_train_accelerate import synthetic_root, train_arguments  # noqa: F401  (fixture)
 from torchvision.ops import masks_to_boxes
-from vistr import train_accelerate
 from vistr.configuration_vistr import VisTRConfig
 from vistr.modeling_vistr import VisTRForVideoInstanceSegmentation
 from vistr.tools.backbone_pretraining import BoxClassifier, frame_boxes, pretrain_backbone
@@ -63,23 +60,3 @@ def test_box_classification_learns_a_fixed_batch_and_trains_the_shared_backbone(
     assert history[-1]["accuracy"] == 1.0
     changed = [name for name, p in model.vistr.backbone.named_parameters() if not torch.equal(p, before[name])]
     assert len(changed) == len(before)  # every backbone weight of the VisTR model itself was trained
-
-
-def test_the_trainer_runs_the_stage_first_then_trains_vistr_alone(synthetic_root, tmp_path):
-    arguments = train_arguments(synthetic_root, tmp_path / "run", "--backbone-norm", "batch_norm",
-                                "--backbone-frozen-stages", "-1", "--backbone-pretraining-steps", "3")  # fmt: skip
-    run = train_accelerate.Run(train_accelerate.build_parser().parse_args(arguments))
-    backbone = {name: p.detach().clone() for name, p in run.model.vistr.backbone.named_parameters()}
-    run.pretrain_backbone()
-    assert len(run.pretraining_history) == 3
-    assert any(not torch.equal(p, backbone[name]) for name, p in run.model.vistr.backbone.named_parameters())
-    run.prepare()
-    assert len(run.accelerator._models) == 1 and len(run.accelerator._optimizers) == 1  # the stage left nothing
-    logged = run.train_step(next(iter(run.loader)))
-    assert logged is not None and torch.isfinite(torch.tensor(logged["loss"]))
-
-
-def test_negative_stage_length_is_refused(synthetic_root, tmp_path):
-    arguments = train_arguments(synthetic_root, tmp_path / "run", "--backbone-pretraining-steps", "-1")
-    with pytest.raises(SystemExit):
-        train_accelerate.main(arguments)

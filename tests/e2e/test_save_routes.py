@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import train_arguments
 from huggingface_hub import ModelCard
-from test_model_card import local_hub  # noqa: F401  (fixture: a local stand-in for the Hub API)
-from test_train_accelerate import synthetic_root, train_arguments  # noqa: F401  (fixture and helper)
 from transformers import AutoModelForInstanceSegmentation, AutoVideoProcessor
 from vistr import convert_checkpoint, train_accelerate
 from vistr.configuration_vistr import VisTRConfig
@@ -79,7 +78,7 @@ def small_model() -> VisTRForVideoInstanceSegmentation:
 
 
 @pytest.fixture
-def folders(tmp_path, monkeypatch, parity_dir, synthetic_root, local_hub) -> dict[str, Path]:  # noqa: F811
+def folders(tmp_path, monkeypatch, parity_dir, synthetic_root, local_hub) -> dict[str, Path]:
     from transformers.utils import hub
 
     made = {name: tmp_path / name for name in ("model-only", "model-and-processor", "reloaded", "pipeline")}
