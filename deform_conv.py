@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -191,7 +192,13 @@ def _torch_forward_chunk(input: Tensor, offset: Tensor, mask: Tensor | None, wei
 
 
 def _batch_chunks(input: Tensor, geo: _Geometry) -> list[slice]:
-    """Batch slices whose im2col buffer fits the column budget (one slice even for an empty batch)."""
+    """Batch slices whose im2col buffer fits the column budget (one slice even for an empty batch).
+
+    Traced (torch.compile, torch.export) the whole batch is one slice: a chunk count computed from the
+    sizes would fix the batch and frame size of the graph to the example's.
+    """
+    if torch.compiler.is_compiling():
+        return [slice(None)]
     taps, length = geo.kernel[0] * geo.kernel[1], geo.out_size[0] * geo.out_size[1]
     itemsize = max(input.element_size(), 4)
     chunk = max(1, _COLUMN_BUDGET_BYTES // (input.shape[1] * taps * length * itemsize))
@@ -266,9 +273,28 @@ def _integer_grid(size: int, device: torch.device, dtype: torch.dtype) -> Tensor
     else:  # float32: the product is exact in float64
         below = unit.double() * size < (n * 2 + 1).double()
     # one ulp more for g + 1: below -0.5 the ulp of g is the step of g + 1, above it that of g + 1 is
-    inf = grid.new_tensor(math.inf)
-    raised = torch.where(grid < -0.5, torch.nextafter(grid, inf), torch.nextafter(unit, inf) - 1)
+    raised = torch.where(grid < -0.5, _next_up(grid), _next_up(unit) - 1)
     return torch.where(below, raised, grid)
+
+
+def _next_up(x: Tensor) -> Tensor:
+    """``torch.nextafter(x, inf)`` bit for bit, in additions and products only, which ONNX can express.
+
+    u(1 + 2u)|x| (u = eps / 2), rounded, is more than half and less than 5/4 of the gap from x to the
+    next float above it, so x plus it rounds to nearest onto that float, as long as the product is a
+    normal number: smaller magnitudes are first scaled up by 2**p (p significant bits; exact), and where
+    the gap is the smallest subnormal (|x| < 2 * tiny) that gap is added, written -(-x - s) so that -s
+    steps to -0 as nextafter does.  -inf steps to -max; +inf and NaN stay.
+    """
+    finfo = torch.finfo(x.dtype)
+    precision = round(-math.log2(finfo.eps)) + 1
+    subnormal_step = finfo.smallest_normal * finfo.eps
+    magnitude = x.abs()
+    scale = torch.where(magnitude < finfo.smallest_normal * 2.0 ** (precision + 1), 2.0**precision, 1.0).to(x.dtype)
+    scaled = x * scale
+    stepped = (scaled + scaled.abs() * (finfo.eps / 2 * (1 + finfo.eps))) / scale
+    stepped = torch.where(magnitude < 2 * finfo.smallest_normal, -(-x - subnormal_step), stepped)
+    return torch.where(x == -math.inf, -finfo.max, stepped)
 
 
 def _grid_coordinates(position: Tensor, integer_grid: Tensor) -> Tensor:
@@ -297,8 +323,10 @@ def _grid_sample_deform_conv(input: Tensor, offset: Tensor, weight: Tensor, bias
     computed in pixels, as torchvision does, and converted by ``_grid_coordinates``, always in float32
     or better: sampling positions in bf16 would be off by up to half a pixel.  float32/float64 sample
     the input (``_grid_sample_full_precision``); half precision takes the product first
-    (``_grid_sample_half_precision``).
+    (``_grid_sample_half_precision``); traced, both take ``_grid_sample_traced``.
     """
+    if torch.compiler.is_compiling():
+        return _grid_sample_traced(input, offset, weight, bias, geo)
     if input.dtype in (torch.float16, torch.bfloat16):
         return _grid_sample_half_precision(input, offset, weight, bias, geo)
     bias = None if bias is None else bias.contiguous()
@@ -367,6 +395,40 @@ def _grid_sample_full_precision(input: Tensor, offset: Tensor, weight: Tensor, b
         outputs.append(torch.bmm(flat_weight.expand(stop - start, -1, -1), columns))
     output = (torch.cat(outputs) if len(outputs) > 1 else outputs[0]).view(batch, weight.shape[0], out_h, out_w)
     return output if bias is None else output + bias.view(1, -1, 1, 1)
+
+
+def _grid_sample_traced(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None, geo: _Geometry) -> Tensor:
+    """``_grid_sample_deform_conv`` under torch.compile and torch.export: no loop whose length depends on a size.
+
+    The eager paths loop over batch chunks whose count follows from the batch and frame size; traced,
+    that loop would fix both to the example's values.  This path loops over the kernel taps instead, a
+    constant: each tap's samples, as large as the input, enter the output before the next tap's are
+    drawn, so no buffer holds the samples of all taps at once (the im2col columns of the whole batch,
+    which the chunks exist to bound).  Each tap is computed as its dtype's
+    eager path computes it (full precision: sampled, then multiplied; half precision: multiplied in the
+    input's dtype, then sampled and summed in float32), so only the order of the sum over taps differs.
+    """
+    batch, channels, height, width = input.shape
+    (out_h, out_w), taps = geo.out_size, geo.kernel[0] * geo.kernel[1]
+    half = input.dtype in (torch.float16, torch.bfloat16)
+    position_dtype = torch.float32 if half else input.dtype
+    rows, cols = _tap_grid(geo, input.device, position_dtype)
+    rows_grid, cols_grid = (_integer_grid(size, input.device, position_dtype) for size in (height, width))
+    offset = offset.to(position_dtype, memory_format=torch.contiguous_format)
+    grid = _sampling_grid(offset, rows, cols, rows_grid, cols_grid, geo).unflatten(0, (batch, taps))
+    pixels = input.permute(0, 2, 3, 1).reshape(batch, height * width, channels) if half else None
+    output = None
+    for tap, tap_weight in enumerate(weight.flatten(2).unbind(2)):  # tap_weight [C_out, C]
+        if half:
+            products = torch.matmul(pixels, tap_weight.t()).float().view(batch, height, width, -1).permute(0, 3, 1, 2)
+            term = F.grid_sample(products, grid[:, tap], mode="bilinear", padding_mode="zeros", align_corners=False)
+        else:
+            sampled = F.grid_sample(input, grid[:, tap], mode="bilinear", padding_mode="zeros", align_corners=False)
+            term = torch.matmul(tap_weight, sampled.flatten(2)).view(batch, -1, out_h, out_w)
+        output = term if output is None else output + term
+    if bias is not None:
+        output = output + bias.to(output.dtype).view(1, -1, 1, 1)
+    return output.to(input.dtype)
 
 
 # --------------------------------------------------------------------------- Triton path
@@ -581,6 +643,50 @@ def _backward_bias_kernel(gout_ptr, partial_ptr, N, Cout, L, SPLIT, ACC: tl.cons
 
 
 @dataclass(frozen=True)
+class _Tiles:
+    """Tile sizes and launch options of the forward and backward kernels.
+
+    They set each program's registers and shared memory, whose limits differ between GPU generations,
+    so ``_select_tiles`` takes the architecture; benchmarks/gpu_check.py --compile-only compiles every
+    choice it can make for each architecture and checks the result against that architecture's limits.
+    """
+
+    block_l: int
+    block_c: int
+    block_o: int
+    num_warps: int
+    num_stages: int
+    max_registers: int  # per thread: ptxas's ceiling (``maxnreg``)
+
+
+# The architecture whose tiles the interpreter runs: it has no limits of its own.
+_INTERPRETER_ARCH = 90
+
+
+def _select_tiles(arch: int, dtype: torch.dtype, group_out: int) -> _Tiles:
+    """Tiles for compute capability ``arch`` (sm_86 is 86), the tensors' dtype and C_out / groups.
+
+    A pure function of its arguments, so that the launch code and gpu_check's compile table make the
+    same choice.  One choice currently fits every architecture from sm_75 to sm_100 in every dtype (the
+    compile table in docs/benchmarks.md); a choice that must differ belongs here.  An output-channel
+    tile covers C_out / groups up to 64.  The tiles were chosen from ptxas statistics (registers,
+    spills, shared memory), not tuned by timing on a GPU.
+    """
+    block_o = min(64, max(16, triton.next_power_of_2(group_out)))
+    # 8 warps of 255 registers fit a block's register file (64K registers from sm_75 to sm_100).  Without an
+    # explicit ceiling ptxas may stop at 128 registers and spill instead.
+    return _Tiles(block_l=64, block_c=16, block_o=block_o, num_warps=8, num_stages=1, max_registers=255)
+
+
+def _device_arch(device: torch.device) -> int:
+    """Compute capability of a CUDA device as one number (8.6 is 86); the interpreter's stand-in elsewhere."""
+    if device.type != "cuda":
+        return _INTERPRETER_ARCH
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
+
+
+@dataclass(frozen=True)
 class _Launch:
     """Arguments shared by the kernels: runtime scalars (in kernel order) and compile-time constants."""
 
@@ -588,10 +694,11 @@ class _Launch:
     constants: dict
     length: int  # Ho * Wo
     group_out: int  # C_out / groups
-    block_l: int = 64
+    block_l: int
 
 
-def _launch_config(input: Tensor, weight: Tensor, geo: _Geometry) -> _Launch:
+def _launch_config(input: Tensor, weight: Tensor, geo: _Geometry, arch: int | None = None) -> _Launch:
+    """The kernels' arguments for ``arch`` (by default the architecture of the input's device)."""
     channels, height, width = input.shape[1:]
     out_channels, group_channels = weight.shape[:2]
     length, group_out = geo.out_size[0] * geo.out_size[1], out_channels // geo.groups
@@ -603,13 +710,26 @@ def _launch_config(input: Tensor, weight: Tensor, geo: _Geometry) -> _Launch:
         channels, height, width, geo.out_size[1], length, geo.groups, group_channels, group_out,
         channels // geo.offset_groups, geo.offset_groups, *geo.stride, *geo.padding, *geo.dilation,
     )
-    # Tiles chosen from ptxas statistics for sm_90 (no register spills, <= 256 registers at 8 warps);
-    # they have not been tuned by timing on a GPU.
+    tiles = _select_tiles(_device_arch(input.device) if arch is None else arch, input.dtype, group_out)
     constants = dict(
-        KH=geo.kernel[0], KW=geo.kernel[1], ACC=acc, DOT=dot, PRECISION="ieee",
-        BLOCK_C=16, BLOCK_O=min(64, max(16, triton.next_power_of_2(group_out))), num_warps=8, num_stages=1,
+        KH=geo.kernel[0], KW=geo.kernel[1], ACC=acc, DOT=dot, PRECISION="ieee", BLOCK_C=tiles.block_c,
+        BLOCK_O=tiles.block_o, num_warps=tiles.num_warps, num_stages=tiles.num_stages, maxnreg=tiles.max_registers,
     )
-    return _Launch(scalars, constants, length, group_out)
+    return _Launch(scalars, constants, length, group_out, tiles.block_l)
+
+
+@dataclass(frozen=True)
+class _KernelCall:
+    """One kernel launch as data: what the dispatcher launches is what gpu_check compiles for other GPUs."""
+
+    kernel: object
+    grid: tuple[int, ...]
+    args: tuple
+    kwargs: dict
+
+
+def _launch(call: _KernelCall) -> None:
+    call.kernel[call.grid](*call.args, **call.kwargs)
 
 
 def _accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -628,33 +748,36 @@ def _transposed_weight(weight: Tensor, groups: int) -> Tensor:
     return weight.reshape(groups, out_channels // groups, group_channels, -1).permute(0, 3, 2, 1).contiguous()
 
 
-def _triton_forward(input, offset, mask, weight_t, bias, geo: _Geometry, cfg: _Launch) -> Tensor:
+def _triton_forward(input, offset, mask, weight_t, bias, geo: _Geometry, cfg: _Launch,
+                    launch: Callable[[_KernelCall], None] = _launch) -> Tensor:
     n = input.shape[0]
     out = input.new_empty((n, geo.groups * cfg.group_out, *geo.out_size))
     if n:
         o_tiles = triton.cdiv(cfg.group_out, cfg.constants["BLOCK_O"])
         grid = (n * geo.groups, triton.cdiv(cfg.length, cfg.block_l), o_tiles)
-        _forward_kernel[grid](
+        launch(_KernelCall(_forward_kernel, grid, (
             input, offset, offset if mask is None else mask, weight_t, offset if bias is None else bias, out,
-            *cfg.scalars, HAS_MASK=mask is not None, HAS_BIAS=bias is not None, BLOCK_L=cfg.block_l, **cfg.constants,
-        )
+            *cfg.scalars), dict(HAS_MASK=mask is not None, HAS_BIAS=bias is not None, BLOCK_L=cfg.block_l,
+                                **cfg.constants)))
     return out
 
 
-def _triton_backward_data(input, offset, mask, weight_t, grad_out, geo: _Geometry, cfg: _Launch, need_input: bool):
+def _triton_backward_data(input, offset, mask, weight_t, grad_out, geo: _Geometry, cfg: _Launch, need_input: bool,
+                          launch: Callable[[_KernelCall], None] = _launch):
     """Gradients of input, offset and mask (the input one only when ``need_input``)."""
     grad_input = torch.zeros(input.shape, dtype=_accumulator_dtype(input.dtype), device=input.device)
     grad_offset, grad_mask = torch.empty_like(offset), None if mask is None else torch.empty_like(mask)
     if input.shape[0]:
-        _backward_data_kernel[(input.shape[0] * geo.offset_groups, triton.cdiv(cfg.length, cfg.block_l))](
+        grid = (input.shape[0] * geo.offset_groups, triton.cdiv(cfg.length, cfg.block_l))
+        launch(_KernelCall(_backward_data_kernel, grid, (
             input, offset, offset if mask is None else mask, weight_t, grad_out, grad_input, grad_offset,
-            grad_offset if mask is None else grad_mask, *cfg.scalars,
-            HAS_MASK=mask is not None, NEED_GX=need_input, BLOCK_L=cfg.block_l, **cfg.constants,
-        )
+            grad_offset if mask is None else grad_mask, *cfg.scalars),
+            dict(HAS_MASK=mask is not None, NEED_GX=need_input, BLOCK_L=cfg.block_l, **cfg.constants)))
     return grad_input.to(input.dtype), grad_offset, grad_mask
 
 
-def _triton_backward_weight(input, offset, mask, grad_out, geo: _Geometry, cfg: _Launch) -> Tensor:
+def _triton_backward_weight(input, offset, mask, grad_out, geo: _Geometry, cfg: _Launch,
+                            launch: Callable[[_KernelCall], None] = _launch) -> Tensor:
     """Weight gradient: per-program partial sums, reduced here."""
     groups, taps, group_channels = geo.groups, geo.kernel[0] * geo.kernel[1], input.shape[1] // geo.groups
     o_tiles = triton.cdiv(cfg.group_out, cfg.constants["BLOCK_O"])
@@ -663,24 +786,22 @@ def _triton_backward_weight(input, offset, mask, grad_out, geo: _Geometry, cfg: 
     partial = input.new_zeros((split, groups, taps, group_channels, cfg.group_out),
                               dtype=_accumulator_dtype(input.dtype))
     if work:
-        _backward_weight_kernel[(groups * o_tiles, taps, split)](
-            input, offset, offset if mask is None else mask, grad_out, partial, *cfg.scalars, input.shape[0], split,
-            HAS_MASK=mask is not None, BLOCK_L=cfg.block_l, **cfg.constants,
-        )
+        launch(_KernelCall(_backward_weight_kernel, (groups * o_tiles, taps, split), (
+            input, offset, offset if mask is None else mask, grad_out, partial, *cfg.scalars, input.shape[0], split),
+            dict(HAS_MASK=mask is not None, BLOCK_L=cfg.block_l, **cfg.constants)))
     grad = partial.sum(0).permute(0, 3, 2, 1).reshape(groups * cfg.group_out, group_channels, *geo.kernel)
     return grad.to(input.dtype)
 
 
-def _triton_backward_bias(grad_out: Tensor) -> Tensor:
+def _triton_backward_bias(grad_out: Tensor, launch: Callable[[_KernelCall], None] = _launch) -> Tensor:
     """Bias gradient: per-program partial sums over the batch, reduced here."""
     n, out_channels = grad_out.shape[:2]
     split = _split_count(out_channels, n, grad_out.device)
     partial = grad_out.new_zeros((split, out_channels), dtype=_accumulator_dtype(grad_out.dtype))
     if n:
-        _backward_bias_kernel[(out_channels, split)](
-            grad_out, partial, n, out_channels, grad_out.shape[2] * grad_out.shape[3], split,
-            ACC=tl.float64 if grad_out.dtype == torch.float64 else tl.float32, BLOCK_L=256,
-        )
+        launch(_KernelCall(_backward_bias_kernel, (out_channels, split), (
+            grad_out, partial, n, out_channels, grad_out.shape[2] * grad_out.shape[3], split),
+            dict(ACC=tl.float64 if grad_out.dtype == torch.float64 else tl.float32, BLOCK_L=256)))
     return partial.sum(0).to(grad_out.dtype)
 
 
