@@ -26,6 +26,7 @@ from pathlib import Path
 from vistr import convert_checkpoint
 from vistr.flip_averaging import FLIP_DIMS, check_flips
 from vistr.tools import evaluation_youtube_vis, youtube_vis
+from vistr.tools import export as model_export
 from vistr.tools.outputs import (
     OVERLAY_SUFFIXES,
     Outputs,
@@ -138,7 +139,6 @@ def _inspect(args: argparse.Namespace) -> None:
         print(f"  auxiliary_outputs: {len(outputs.auxiliary_outputs)} decoder layers x (logits, pred_boxes)")
 
 
-NON_FINITE_FIX = "the model's weights probably hold NaN or infinite values: convert or train it again"
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 ASSETS = Path(__file__).resolve().parent.parent / "assets"  # the package root's assets/
 BUNDLED_MODEL = ASSETS / "vistr-tiny-synthetic"
@@ -173,8 +173,9 @@ def _check_stride(stride: int | None, model) -> None:
                          f"skipped; use a stride from 1 to {frames}")  # fmt: skip
 
 
-def _load_for_inference(model_path: str, device: str | None, dtype: str):
-    """Model (eval, on device, in dtype) and its video processor (the default one if the folder has none)."""
+def load_for_inference(model_path: str, device: str | None, dtype: str):
+    """Model (eval, on device, in dtype) and its video processor (the default one if the folder has none), as
+    `vistr segment` and the browser demo load them."""
     import torch
     from accelerate import PartialState
     from transformers import AutoVideoProcessor
@@ -247,7 +248,7 @@ def _segment(args: argparse.Namespace) -> None:
         results_file = outputs.file(args.output, "--output")
         overlays = _overlay_paths(args.overlay, args.inputs)
         overlay_files = [outputs.file(path, "--overlay", OVERLAY_SUFFIXES) for path in overlays]
-        model, processor = _load_for_inference(args.model, args.device, args.dtype)
+        model, processor = load_for_inference(args.model, args.device, args.dtype)
         _check_stride(args.stride, model)
         _segment_inputs(args, model, processor, results_file, overlay_files)
     print(f"results: {shown(args.output)} (every instance, at most the best 100 per category: all that the YouTube-VIS evaluator scores)")
@@ -281,7 +282,7 @@ def _segment_split(args: argparse.Namespace) -> None:
 
     _check_split_apart(args)
     check_split_outputs(args.annotations, args.frames_root, args.output, args.zip)
-    model, processor = _load_for_inference(args.model, args.device, args.dtype)
+    model, processor = load_for_inference(args.model, args.device, args.dtype)
     _check_stride(args.stride, model)
     run_split(model, processor, args.annotations, args.frames_root, args.output, zip_path=args.zip,
               score=args.evaluate, stride=args.stride, mask_threshold=args.mask_threshold, model_name=args.model,
@@ -289,49 +290,37 @@ def _segment_split(args: argparse.Namespace) -> None:
 
 
 def _segment_inputs(args: argparse.Namespace, model, processor, results_file: Path, overlay_files: list[Path]) -> None:
-    """Segment each input and write its overlay into its staged file (from the frames the segmentation decoded),
-    then the YouTube-VIS results JSON."""
+    """Segment each input and write its overlay into its staged file, then the YouTube-VIS results JSON."""
     from tqdm.auto import tqdm
     from vistr.pipeline_vistr import VideoSegmenter
-    from vistr.tools.overlay import KeptFrames
-    from vistr.tools.youtube_vis_inference import video_results
+    from vistr.tools.overlay import segment_with_overlay
+    from vistr.tools.youtube_vis_inference import NON_FINITE_FIX, video_results
 
     segmenter = VideoSegmenter(model, processor, stride=args.stride, mask_threshold=args.mask_threshold,
                                test_time_flips=args.test_time_flips, mask_score_weighting=args.mask_score_weighting)  # fmt: skip
-    overlays = list(zip(_overlay_paths(args.overlay, args.inputs), overlay_files)) if overlay_files else []
+    overlays = list(zip(_overlay_paths(args.overlay, args.inputs), overlay_files)) or [(None, None)] * len(args.inputs)
     videos = []
     with tqdm(args.inputs, desc="videos", unit="video") as bar:
-        for index, source in enumerate(bar):
-            kept = KeptFrames() if overlays else None
+        for source, (path, staged) in zip(bar, overlays):
+            drawing = partial(tqdm, desc=f"overlay {shown(Path(path).name)}", leave=False) if path else iter
             with tqdm(desc=f"clips of {Path(source).name}", unit="clip", leave=False) as clips:
-                videos.append(segmenter(source, on_clip=clips.update, on_frame=kept.add if kept else None))
-            if overlays:
-                _write_overlay(source, videos[-1], kept, *overlays[index], model.config.id2label, args.threshold)
+                videos.append(segment_with_overlay(segmenter, source, staged, path and Path(path).suffix,
+                                                   model.config.id2label, args.threshold, clips.update, drawing))
     results = [result for video_id, video in enumerate(videos, start=1) for result in video_results(video_id, video)]
     results_file.write_text(dumps_json(results, f"--output {args.output}", NON_FINITE_FIX))
     for video_id, (source, video) in enumerate(zip(args.inputs, videos), start=1):
         _print_found(video_id, source, video, model.config.id2label, args.threshold)
 
 
-def _write_overlay(source: str, video: dict, kept, path: Path, staged: Path, id2label: dict[int, str],
-                   threshold: float) -> None:  # fmt: skip
-    from tqdm.auto import tqdm
-    from vistr.tools.overlay import overlay_frames
-    from vistr.tools.video_writer import encode_video
-    from vistr.video_io import video_fps
-
-    frames = overlay_frames(kept.frames(source), video["instances"], id2label, threshold)
-    frames = tqdm(frames, total=video["length"], desc=f"overlay {shown(Path(path).name)}", leave=False)
-    encode_video(frames, staged, video_fps(source), Path(path).suffix)
-
-
 def _print_found(video_id: int, source: str, video: dict, id2label: dict[int, str], threshold: float) -> None:
-    """What the video holds: the instances scoring at least `threshold`, best first."""
-    found = sorted((i for i in video["instances"] if i["score"] >= threshold), key=lambda i: -i["score"])
+    """What the video holds: the instances scoring at least `threshold`, best first, and the frames they show in."""
+    from vistr.tools.overlay import covered_frames, found_instances
+
+    found = found_instances(video["instances"], threshold)
     print(f"video_id {video_id}: {source} ({video['length']} frames): {len(found)} instances with score >= "
           f"{threshold} (of {len(video['instances'])} slots)")
     for instance in found:
-        frames = sum(rle is not None for rle in instance["segmentations"])
+        frames = len(covered_frames(instance["segmentations"]))
         name = id2label.get(instance["label"], str(instance["label"]))
         print(f"  instance {instance['id']}: {name} (label {instance['label']}), score {instance['score']:.3f}, "
               f"in {frames} frames")
@@ -425,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="score YouTube-VIS results as the official evaluator does")
     evaluation_youtube_vis.add_arguments(evaluate)
     evaluate.set_defaults(handler=evaluation_youtube_vis.run)
+    model_export.add_command(commands)  # its own hidden --debug
     for command in (convert, inspect, segment, synthetic, evaluate):  # `vistr segment ... --debug` works too
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser

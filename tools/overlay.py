@@ -1,8 +1,10 @@
-"""Mask overlays: each instance in its own colour, with its label and score, on every frame."""
+"""Mask overlays: each instance in its own colour, with its label and score, on every frame; and one video
+segmented with its overlay drawn on the frames the segmentation decoded (`vistr segment`, the browser demo)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -102,3 +104,32 @@ class KeptFrames:
     def frames(self, source) -> Iterator[Image.Image]:
         """The video's frames: those kept, or `source` decoded again."""
         return iter(self._frames) if self.complete else iter_frames(source)
+
+
+def found_instances(instances: Sequence[dict], threshold: float) -> list[dict]:
+    """The instances an overlay draws (scoring at least `threshold`), best first."""
+    return sorted((i for i in instances if i["score"] >= threshold), key=lambda i: -i["score"])
+
+
+def covered_frames(segmentations: Sequence[dict | None]) -> list[int]:
+    """The frames in which an instance's mask (per-frame RLE) has a pixel: those its overlay colours."""
+    from pycocotools import mask as mask_utils
+
+    return [frame for frame, rle in enumerate(segmentations) if rle is not None and mask_utils.area(rle) > 0]
+
+
+def segment_with_overlay(segmenter, source, overlay_file: Path | None, overlay_suffix: str, id2label: dict[int, str],
+                         threshold: float, on_clip: Callable[[], None] | None = None,
+                         overlay_progress: Callable[[Iterable], Iterable] = iter) -> dict:  # fmt: skip
+    """Segment `source` with `segmenter` (a `VideoSegmenter`) and, given an `overlay_file`, write its overlay there
+    in the format of `overlay_suffix` (the file may be a staged one), from the frames the segmentation decoded:
+    the video is decoded once (`KeptFrames`). Returns the segmenter's result."""
+    from vistr.tools.video_writer import encode_video
+    from vistr.video_io import video_fps
+
+    kept = KeptFrames() if overlay_file is not None else None
+    video = segmenter(source, on_clip=on_clip, on_frame=kept.add if kept else None)
+    if kept is not None:
+        frames = overlay_frames(kept.frames(source), video["instances"], id2label, threshold)
+        encode_video(overlay_progress(frames), overlay_file, video_fps(source), overlay_suffix)
+    return video
