@@ -293,6 +293,30 @@ def synthetic_root(tmp_path_factory):
     return root
 
 
+# the synthetic YouTube-VIS set of the data tools' tests (tests/tools): eight short videos of few instances
+SYNTHETIC_SET_VIDEOS, SYNTHETIC_SET_SEED = 8, 3
+
+
+def synthetic_set_options():
+    from vistr.tools.youtube_vis import SyntheticOptions
+
+    return SyntheticOptions(min_frames=2, max_frames=7, min_side=32, max_side=72, max_instances=4)
+
+
+@pytest.fixture(scope="module")
+def synthetic_set(tmp_path_factory) -> Path:
+    from vistr.tools.youtube_vis import make_synthetic
+
+    root = tmp_path_factory.mktemp("synthetic") / "set"
+    make_synthetic(root, SYNTHETIC_SET_VIDEOS, SYNTHETIC_SET_SEED, synthetic_set_options(), progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def synthetic_set_json(synthetic_set) -> dict:
+    return json.loads((synthetic_set / "annotations.json").read_text())
+
+
 def train_arguments(root, output_dir, *extra: str) -> list[str]:
     return ["--data-root", str(root), "--output-dir", str(output_dir), "--validation-fraction", "0.34",
             "--report-to", "none", "--lr", "1e-3", "--seed", "5", *TINY_MODEL, *SMALL_CLIPS, *extra]  # fmt: skip

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import datasets
 import numpy as np
@@ -18,24 +17,7 @@ from conftest import own_dataset
 from pycocotools import mask as mask_utils
 from vistr.tools.data_sources import DataSourceError, open_training_data, youtube_vis_annotations
 from vistr.tools.evaluation_youtube_vis import score_results
-from vistr.tools.youtube_vis import SyntheticOptions, load_youtube_vis, make_synthetic, save_parquet, split_by_video_id
-
-# the synthetic set of test_youtube_vis.py (made again here: a few milliseconds)
-OPTIONS = SyntheticOptions(min_frames=2, max_frames=7, min_side=32, max_side=72, max_instances=4)
-NUM_VIDEOS, SEED = 8, 3
-
-
-@pytest.fixture(scope="module")
-def synthetic_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synthetic") / "set"
-    make_synthetic(root, NUM_VIDEOS, SEED, OPTIONS, progress=False)
-    return root
-
-
-@pytest.fixture(scope="module")
-def synthetic_json(synthetic_root) -> dict:
-    return json.loads((synthetic_root / "annotations.json").read_text())
-
+from vistr.tools.youtube_vis import load_youtube_vis, save_parquet, split_by_video_id
 
 def restricted(data: dict, video_ids: set[int]) -> dict:
     """The annotation file cut down to some videos, as the evaluator of a held-out split reads it."""
@@ -62,12 +44,12 @@ def imperfect_results(annotations: list[dict], num_categories: int) -> list[dict
     return results
 
 
-def test_ground_truth_rebuilt_from_parquet_scores_as_the_annotation_file(tmp_path, synthetic_root, synthetic_json):
-    path = save_parquet(load_youtube_vis(synthetic_root), tmp_path / "ytvis.parquet")
-    reference = split_by_video_id(load_youtube_vis(synthetic_root), validation_fraction=0.5, seed=2)
+def test_ground_truth_rebuilt_from_parquet_scores_as_the_annotation_file(tmp_path, synthetic_set, synthetic_set_json):
+    path = save_parquet(load_youtube_vis(synthetic_set), tmp_path / "ytvis.parquet")
+    reference = split_by_video_id(load_youtube_vis(synthetic_set), validation_fraction=0.5, seed=2)
     held_out = set(reference["validation"]["video_id"])
-    truth = restricted(synthetic_json, held_out)
-    results = imperfect_results(truth["annotations"], len(synthetic_json["categories"]))
+    truth = restricted(synthetic_set_json, held_out)
+    results = imperfect_results(truth["annotations"], len(synthetic_set_json["categories"]))
     expected = score_results(truth, results)
     assert 0.0 < expected["AP"] < 1.0
     for streaming in (False, True):
@@ -164,8 +146,8 @@ def annotations_with_parquet(tmp_path, root):
         (annotations_with_parquet, "an annotation file goes with a YouTube-VIS folder, and .*ytvis.parquet is not"),
     ],
 )
-def test_a_source_that_cannot_train_is_one_line_naming_it(tmp_path, synthetic_root, make, message):
-    source, annotations = make(tmp_path, synthetic_root)
+def test_a_source_that_cannot_train_is_one_line_naming_it(tmp_path, synthetic_set, make, message):
+    source, annotations = make(tmp_path, synthetic_set)
     with pytest.raises(DataSourceError, match=message) as raised:
         open_training_data(source, annotations, cache_dir=tmp_path / "cache")
     assert "\n" not in str(raised.value) and str(source) in str(raised.value)

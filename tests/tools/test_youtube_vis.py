@@ -14,7 +14,9 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-from conftest import own_dataset
+from conftest import SYNTHETIC_SET_SEED as SEED
+from conftest import SYNTHETIC_SET_VIDEOS as NUM_VIDEOS
+from conftest import own_dataset, synthetic_set_options
 from PIL import Image
 from pycocotools import mask as mask_utils
 from vistr.tools import cli as vistr_cli
@@ -30,22 +32,6 @@ from vistr.tools.youtube_vis import (
     synthetic_annotations,
     synthetic_categories,
 )
-
-OPTIONS = SyntheticOptions(min_frames=2, max_frames=7, min_side=32, max_side=72, max_instances=4)
-NUM_VIDEOS, SEED = 8, 3
-
-
-@pytest.fixture(scope="module")
-def synthetic_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synthetic") / "set"
-    make_synthetic(root, NUM_VIDEOS, SEED, OPTIONS, progress=False)
-    return root
-
-
-@pytest.fixture(scope="module")
-def synthetic_json(synthetic_root) -> dict:
-    return json.loads((synthetic_root / "annotations.json").read_text())
-
 
 def folder_bytes(root: Path) -> dict[str, bytes]:
     return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
@@ -65,25 +51,25 @@ def bbox_of(mask: np.ndarray) -> list[float]:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def test_make_synthetic_is_deterministic_for_a_seed(tmp_path, synthetic_root):
-    make_synthetic(tmp_path / "again", NUM_VIDEOS, SEED, OPTIONS, progress=False)
-    make_synthetic(tmp_path / "other", NUM_VIDEOS, SEED + 1, OPTIONS, progress=False)
-    assert folder_bytes(tmp_path / "again") == folder_bytes(synthetic_root)
+def test_make_synthetic_is_deterministic_for_a_seed(tmp_path, synthetic_set):
+    make_synthetic(tmp_path / "again", NUM_VIDEOS, SEED, synthetic_set_options(), progress=False)
+    make_synthetic(tmp_path / "other", NUM_VIDEOS, SEED + 1, synthetic_set_options(), progress=False)
+    assert folder_bytes(tmp_path / "again") == folder_bytes(synthetic_set)
     other = json.loads((tmp_path / "other" / "annotations.json").read_text())
-    assert other["annotations"] != json.loads((synthetic_root / "annotations.json").read_text())["annotations"]
+    assert other["annotations"] != json.loads((synthetic_set / "annotations.json").read_text())["annotations"]
 
 
-def test_synthetic_annotation_file_is_youtube_vis(synthetic_root, synthetic_json):
-    assert synthetic_json["categories"] == synthetic_categories()
-    assert [video["id"] for video in synthetic_json["videos"]] == list(range(1, NUM_VIDEOS + 1))
-    videos = {video["id"]: video for video in synthetic_json["videos"]}
-    for video in synthetic_json["videos"]:
+def test_synthetic_annotation_file_is_youtube_vis(synthetic_set, synthetic_set_json):
+    assert synthetic_set_json["categories"] == synthetic_categories()
+    assert [video["id"] for video in synthetic_set_json["videos"]] == list(range(1, NUM_VIDEOS + 1))
+    videos = {video["id"]: video for video in synthetic_set_json["videos"]}
+    for video in synthetic_set_json["videos"]:
         assert set(video) >= {"id", "width", "height", "length", "file_names"}
         assert len(video["file_names"]) == video["length"]
         for name in video["file_names"]:
-            with Image.open(synthetic_root / "JPEGImages" / name) as image:
+            with Image.open(synthetic_set / "JPEGImages" / name) as image:
                 assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (video["width"], video["height"]))
-    for annotation in synthetic_json["annotations"]:
+    for annotation in synthetic_set_json["annotations"]:
         video = videos[annotation["video_id"]]
         assert annotation["iscrowd"] == 0
         assert 1 <= annotation["category_id"] <= len(synthetic_categories())
@@ -99,9 +85,9 @@ def test_synthetic_annotation_file_is_youtube_vis(synthetic_root, synthetic_json
             assert bbox == bbox_of(mask)
 
 
-def test_synthetic_set_has_what_a_tracker_must_handle(synthetic_json):
-    videos = synthetic_json["videos"]
-    annotations = synthetic_json["annotations"]
+def test_synthetic_set_has_what_a_tracker_must_handle(synthetic_set_json):
+    videos = synthetic_set_json["videos"]
+    annotations = synthetic_set_json["annotations"]
     assert len({video["length"] for video in videos}) > 2
     assert len({(video["height"], video["width"]) for video in videos}) > len(videos) // 2
     assert len({annotation["category_id"] for annotation in annotations}) >= 3
@@ -125,8 +111,8 @@ def test_synthetic_set_has_what_a_tracker_must_handle(synthetic_json):
     assert overlapping_boxes
 
 
-def test_synthetic_annotations_without_pixels_match_the_written_file(synthetic_json):
-    assert synthetic_annotations(NUM_VIDEOS, SEED, OPTIONS) == synthetic_json
+def test_synthetic_annotations_without_pixels_match_the_written_file(synthetic_set_json):
+    assert synthetic_annotations(NUM_VIDEOS, SEED, synthetic_set_options()) == synthetic_set_json
 
 
 def test_make_synthetic_refuses_a_non_empty_folder(tmp_path):
@@ -183,26 +169,26 @@ def assert_rows_match_file(dataset: datasets.Dataset, data: dict, root: Path) ->
             assert instance["bboxes"] == annotation["bboxes"]
 
 
-def test_loader_reads_the_synthetic_folder(synthetic_root, synthetic_json):
-    dataset = load_youtube_vis(synthetic_root)
-    assert_rows_match_file(dataset, synthetic_json, synthetic_root)
+def test_loader_reads_the_synthetic_folder(synthetic_set, synthetic_set_json):
+    dataset = load_youtube_vis(synthetic_set)
+    assert_rows_match_file(dataset, synthetic_set_json, synthetic_set)
 
 
-def test_parquet_round_trip_stands_alone(tmp_path, synthetic_root, synthetic_json):
+def test_parquet_round_trip_stands_alone(tmp_path, synthetic_set, synthetic_set_json):
     copy_root = tmp_path / "copy"
-    shutil.copytree(synthetic_root, copy_root)
+    shutil.copytree(synthetic_set, copy_root)
     dataset = load_youtube_vis(copy_root)
     path = save_parquet(dataset, tmp_path / "ytvis.parquet")
     shutil.rmtree(copy_root / "JPEGImages")  # the parquet file must carry the frames itself
     loaded = datasets.load_dataset("parquet", data_files=str(path), split="train", cache_dir=str(tmp_path / "cache"))
     assert loaded.features == dataset.features
-    assert_rows_match_file(loaded, synthetic_json, synthetic_root)
+    assert_rows_match_file(loaded, synthetic_set_json, synthetic_set)
     with pytest.raises(YouTubeVISError, match="already exists"):
         save_parquet(dataset, path)
 
 
-def test_split_by_video_id_is_disjoint_and_seeded(synthetic_root):
-    dataset = load_youtube_vis(synthetic_root)
+def test_split_by_video_id_is_disjoint_and_seeded(synthetic_set):
+    dataset = load_youtube_vis(synthetic_set)
     splits = split_by_video_id(dataset, validation_fraction=0.25, seed=1)
     train, validation = set(splits["train"]["video_id"]), set(splits["validation"]["video_id"])
     assert train.isdisjoint(validation) and train | validation == set(range(1, NUM_VIDEOS + 1))
