@@ -95,7 +95,7 @@ def _quiet_loading():
         transformers_logging.set_verbosity(verbosity)
 
 
-def _load_model(model_path: str, **kwargs):
+def load_model(model_path: str, **kwargs):
     """The model of a folder or Hub id, exactly as stored (`load_checked_model`); one line naming the problem if
     there is none."""
     from vistr.tools.model_loading import load_checked_model
@@ -125,7 +125,7 @@ def _inspect(args: argparse.Namespace) -> None:
     """Load a converted folder through the Auto classes and run one random clip through it."""
     import torch
 
-    model = _load_model(args.model).eval()
+    model = load_model(args.model).eval()
     config = model.config
     generator = torch.Generator().manual_seed(0)
     clip = torch.randn(1, config.num_frames, 3, args.height, args.width, generator=generator)
@@ -185,7 +185,7 @@ def load_for_inference(model_path: str, device: str | None, dtype: str):
     use_cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
     state = PartialState(cpu=use_cpu)  # created before anything else asks for it, so the flag holds
     device = device or state.device
-    model = _load_model(model_path, dtype=getattr(torch, DTYPES[dtype]))
+    model = load_model(model_path, dtype=getattr(torch, DTYPES[dtype]))
     model = model.to(device).eval()
     try:
         with _quiet_loading():

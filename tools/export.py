@@ -214,7 +214,7 @@ def run(args: argparse.Namespace) -> None:
     with Outputs(inputs=_model_paths(model_path)) as outputs:
         _check_output(outputs, args)
         staged = outputs.file(args.output, "--output", SUFFIXES)
-        model = cli._load_model(model_path, dtype=torch.float32).eval()
+        model = cli.load_model(model_path, dtype=torch.float32).eval()
         print(f"model: {model_path}; tracing with a dynamic batch, height and width ...")
         program = export_program(model)
         if staged.suffix.lower() == ".onnx":
