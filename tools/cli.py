@@ -260,9 +260,15 @@ def _read_paths(args: argparse.Namespace) -> list[str | Path]:
     """Everything `vistr segment` reads, which no output may be, lie in or contain: the videos, a split's
     annotation file and frames root, and the model folder when --model is one, with every file in it (each
     resolved where it links to, as the Hub cache's files do)."""
-    model = Path(args.model)
-    models = [model, *model.iterdir()] if model.is_dir() else [model] if model.exists() else []  # else a Hub id
-    return [path for path in (*args.inputs, args.annotations, args.frames_root, *models) if path is not None]
+    reads = (*args.inputs, args.annotations, args.frames_root, *model_paths(args.model))
+    return [path for path in reads if path is not None]
+
+
+def model_paths(model: str) -> list[Path]:
+    """What a command reads of `--model`, which no output may be, lie in or contain: the model folder with every
+    file in it, or the model file; nothing for a Hub id."""
+    path = Path(model)
+    return [path, *path.iterdir()] if path.is_dir() else [path] if path.exists() else []
 
 
 def _check_split_apart(args: argparse.Namespace) -> None:

@@ -187,12 +187,6 @@ def add_command(commands: argparse._SubParsersAction) -> argparse.ArgumentParser
     return parser
 
 
-def _model_paths(model: str) -> list[Path]:
-    """The model folder and its files, which no output may be or lie in (a Hub id has none here)."""
-    folder = Path(model)
-    return [folder, *folder.iterdir()] if folder.is_dir() else []
-
-
 def _check_output(outputs: Outputs, args: argparse.Namespace) -> None:
     """--output is a .pt2 or .onnx file this command may write: new, or existing with --overwrite."""
     target = outputs.check_file(args.output, "--output", SUFFIXES)
@@ -211,7 +205,7 @@ def run(args: argparse.Namespace) -> None:
     from vistr.tools import cli  # the command's model loading and defaults; imported late, cli imports this module
 
     model_path = args.model or str(cli.BUNDLED_MODEL)
-    with Outputs(inputs=_model_paths(model_path)) as outputs:
+    with Outputs(inputs=cli.model_paths(model_path)) as outputs:
         _check_output(outputs, args)
         staged = outputs.file(args.output, "--output", SUFFIXES)
         model = cli.load_model(model_path, dtype=torch.float32).eval()
