@@ -7,9 +7,10 @@ vectorized PyTorch implementation for CPU tensors, so the model runs anywhere
 PyTorch does.
 
 The backend is chosen per call: CUDA tensors use Triton, everything else uses
-PyTorch: DCNv1 without groups (VisTR's case) as one ``grid_sample`` and a matrix
-product (in bf16/fp16 the product first, then the sampling of fewer channels), the
-general case (DCNv2 masks, groups) as a corner-by-corner gather.  ``VISTR_DCN_BACKEND=triton|torch`` forces Triton or the
+PyTorch: DCNv1 without groups (VisTR's case) for inference as a 1x1 convolution and
+bilinear gathers (``F.embedding_bag``), for training as ``grid_sample`` and matrix
+products (their backward is the faster), the general case (DCNv2 masks, groups) as a
+corner-by-corner gather.  ``VISTR_DCN_BACKEND=triton|torch`` forces Triton or the
 gather path; with ``triton`` and
 ``TRITON_INTERPRET=1`` (set before this module is imported) the Triton kernels
 run on CPU tensors through Triton's interpreter.
@@ -43,9 +44,6 @@ __all__ = ["deform_conv2d", "DeformConv2d"]
 # backward recomputes a chunk under autograd and keeps about four column-sized
 # temporaries alive, so the peak working set stays near 256 MB.
 _COLUMN_BUDGET_BYTES = 64 << 20
-# Bytes of one chunk's float32 products in the half-precision grid-sample path: small enough to stay
-# in cache between the product and its sampling (VisTR's mask head: one sample at a time).
-_HALF_PRECISION_BUDGET_BYTES = 4 << 20
 _BACKEND_ENV = "VISTR_DCN_BACKEND"
 
 
@@ -245,12 +243,139 @@ def _torch_deform_conv(input, offset, mask, weight, bias, geo) -> Tensor:
     return out if bias is None else out + bias.view(1, -1, 1, 1)
 
 
-# --------------------------------------------------------------------------- grid-sample path (CPU, DCNv1)
+# --------------------------------------------------------------------------- DCNv1 path (CPU)
 
 
-def _grid_sample_applies(input: Tensor, mask: Tensor | None, geo: _Geometry) -> bool:
+def _dcnv1_applies(input: Tensor, mask: Tensor | None, geo: _Geometry) -> bool:
     """DCNv1 without groups (any float dtype): the case VisTR's mask head has, inference and training alike."""
     return mask is None and geo.groups == 1 and geo.offset_groups == 1
+
+
+def _dcnv1_deform_conv(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None, geo: _Geometry) -> Tensor:
+    """DCNv1 without groups: inference by ``_gathered_deform_conv``, training by ``_grid_sample_deform_conv``.
+
+    The gathered path is the faster forward (at the mask head's shape on a 2-core AMD EPYC, 4x in float32
+    and 1.4x in bf16), but autograd through ``F.embedding_bag`` made forward and backward together 1.7x
+    (float32) and 2.5x (bf16) slower than grid_sample's vectorized backward; so a call that autograd will
+    differentiate takes the grid-sample path.  Traced (torch.compile, torch.export) both take
+    ``_grid_sample_traced``: embedding_bag with per-sample weights has no ONNX form, and the eager paths'
+    chunk loops would fix the batch and frame size of a graph.
+    """
+    if torch.compiler.is_compiling():
+        return _grid_sample_traced(input, offset, weight, bias, geo)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, offset, weight, bias)):
+        return _grid_sample_deform_conv(input, offset, weight, bias, geo)
+    return _gathered_deform_conv(input, offset, weight, bias, geo)
+
+
+# Bytes of one chunk's product table in ``_gathered_deform_conv``: small enough to stay in cache between the
+# product and its gathers.  On this project's 2-core AMD EPYC, at the mask head's shape (2.9 MB a frame at
+# 160 x 288 inputs), tables of two frames were fastest, one and four frames 10-20 % slower.
+_TABLE_BUDGET_BYTES = 8 << 20
+# Zero pixels around the input in the product table: a sample's corners stay inside the table for every
+# position from -2 to size + 1, and positions outside are moved there (see ``_corner_bags``).
+_TABLE_BORDER = 2
+
+
+def _position_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Sampling positions in float32 or better: in bf16 they would be off by up to half a pixel."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _gathered_deform_conv(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None, geo: _Geometry) -> Tensor:
+    """DCNv1 inference as a 1x1 convolution and four bilinear gathers per chunk of samples, with no per-tap loop.
+
+    Bilinear sampling weighs every channel of a pixel alike, so it commutes with the product over channels:
+    W_tap @ sample(x) = sample(W_tap @ x).  A chunk's products come first: one 1x1 convolution (oneDNN, in
+    the input's dtype, bf16 included) of the input, padded by a zero border, with every tap's weights gives
+    a table of taps x C_out values per pixel (``_product_table``).  Then, for each bilinear corner, one
+    ``F.embedding_bag`` gathers the table rows of that corner of every tap's sampling position, weighs them
+    by their bilinear weights and sums them per output position (``_corner_bags``): sampling and the sum
+    over taps in one pass, in float32 or better, rounded once to the input's dtype.  VisTR's mask head
+    gathers 24 output channels per sample instead of 48 input channels, and the table of a chunk (about two
+    of its frames) stays in cache between its product and its gathers.  The error in half precision is
+    that of one rounding of the products to the input's dtype.
+    """
+    batch = input.shape[0]
+    chunk = max(1, _TABLE_BUDGET_BYTES // max(1, _table_bytes(input.shape[2:], weight)))
+    outputs = [_gathered_chunk(input[start:start + chunk], offset[start:start + chunk], weight, geo)
+               for start in range(0, max(batch, 1), chunk)]  # an empty batch: one empty chunk
+    output = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+    if bias is not None:
+        output = output + bias.to(output.dtype).view(1, -1, 1, 1)
+    return output.to(input.dtype)
+
+
+def _gathered_chunk(input: Tensor, offset: Tensor, weight: Tensor, geo: _Geometry) -> Tensor:
+    """One chunk of ``_gathered_deform_conv``, [n, C_out, Ho, Wo] channels-last in float32 or better.
+
+    A function of its own so that its table is freed before the next chunk's is made: the allocator then
+    hands the next chunk the same, cache-warm memory (with the table kept alive across the loop's
+    iterations, the forward took 1.5x as long at the mask head's shape).
+    """
+    corners = _corner_bags(offset, input.shape[2:], geo)
+    table = _product_table(input, weight)  # after the bags: still in cache for the gathers
+    sampled = None
+    for rows, row_weights in corners:
+        term = F.embedding_bag(rows, table, per_sample_weights=row_weights, mode="sum")
+        sampled = term if sampled is None else sampled.add_(term)
+    return sampled.view(input.shape[0], *geo.out_size, weight.shape[0]).permute(0, 3, 1, 2)
+
+
+def _table_bytes(in_size, weight: Tensor) -> int:
+    """Bytes of one sample's product table (float32 or better)."""
+    height, width = (length + 2 * _TABLE_BORDER for length in in_size)
+    return height * width * weight.shape[0] * weight.shape[2] * weight.shape[3] * max(weight.element_size(), 4)
+
+
+def _product_table(input: Tensor, weight: Tensor) -> Tensor:
+    """Rows [n * (H + 4) * (W + 4) * taps, C_out]: each padded pixel's product with each tap's weights, in
+    float32 or better."""
+    out_channels, channels, kh, kw = weight.shape
+    padded = F.pad(input, (_TABLE_BORDER,) * 4).contiguous(memory_format=torch.channels_last)
+    tap_weights = weight.permute(2, 3, 0, 1).reshape(kh * kw * out_channels, channels, 1, 1)  # tap-major
+    products = F.conv2d(padded, tap_weights)  # channels-last: a pixel's taps x C_out values are contiguous
+    products = products.permute(0, 2, 3, 1).reshape(-1, out_channels)
+    return products.to(_position_dtype(input.dtype))
+
+
+def _corner_bags(offset: Tensor, in_size, geo: _Geometry) -> list[tuple[Tensor, Tensor]]:
+    """For each bilinear corner: the product-table rows [n * Ho * Wo, taps] that each output position gathers
+    for its taps, and their weights.
+
+    Positions are computed in pixels, as torchvision does, and their floor is torchvision's.  torchvision
+    gives a sample at -1 or left of it, or at the size or right of it, the value 0; so do the table's zero
+    border and these moves: positions left of -1 (and NaN) go to -2, whose corners -2 and -1 are both zero
+    pixels, and positions right of the size go to the size, whose corners are too.
+    """
+    n, (height, width), (out_h, out_w) = offset.shape[0], in_size, geo.out_size
+    taps = geo.kernel[0] * geo.kernel[1]
+    table_h, table_w = height + 2 * _TABLE_BORDER, width + 2 * _TABLE_BORDER
+    dtype = _position_dtype(offset.dtype)
+    rows, cols = (grid.permute(1, 2, 0) for grid in _tap_grid(geo, offset.device, dtype))  # [Ho, 1, taps], [1, Wo, taps]
+    # (dy, dx) per tap, position-major: a copy unless the offsets are channels-last already
+    deform = offset.permute(0, 2, 3, 1).to(dtype).contiguous().view(n, out_h, out_w, taps, 2)
+    corners = []
+    for position, size in ((deform[..., 0] + rows, height), (deform[..., 1] + cols, width)):
+        position = torch.where(position >= -1, position, -2.0).clamp(max=size)
+        low = position.detach().floor()
+        fraction = position - low
+        corners.append((low.long() + _TABLE_BORDER, (1 - fraction, fraction)))
+    (y, (wy0, wy1)), (x, (wx0, wx1)) = corners
+    samples = torch.arange(n, device=offset.device).view(n, 1, 1, 1) * table_h
+    first = ((samples + y) * table_w + x) * taps + torch.arange(taps, device=offset.device)
+    down, right = table_w * taps, taps
+    shape = (n * out_h * out_w, taps)
+    return [(first.view(shape), (wy0 * wx0).view(shape)), ((first + right).view(shape), (wy0 * wx1).view(shape)),
+            ((first + down).view(shape), (wy1 * wx0).view(shape)),
+            ((first + (down + right)).view(shape), (wy1 * wx1).view(shape))]
+
+
+# --------------------------------------------------------------------------- grid-sample path (DCNv1 training, traced)
+
+# Bytes of one chunk's float32 products in the half-precision grid-sample path: small enough to stay
+# in cache between the product and its sampling (VisTR's mask head: one sample at a time).
+_HALF_PRECISION_BUDGET_BYTES = 4 << 20
 
 
 def _integer_grid(size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -323,10 +448,8 @@ def _grid_sample_deform_conv(input: Tensor, offset: Tensor, weight: Tensor, bias
     computed in pixels, as torchvision does, and converted by ``_grid_coordinates``, always in float32
     or better: sampling positions in bf16 would be off by up to half a pixel.  float32/float64 sample
     the input (``_grid_sample_full_precision``); half precision takes the product first
-    (``_grid_sample_half_precision``); traced, both take ``_grid_sample_traced``.
+    (``_grid_sample_half_precision``).
     """
-    if torch.compiler.is_compiling():
-        return _grid_sample_traced(input, offset, weight, bias, geo)
     if input.dtype in (torch.float16, torch.bfloat16):
         return _grid_sample_half_precision(input, offset, weight, bias, geo)
     bias = None if bias is None else bias.contiguous()
@@ -398,15 +521,16 @@ def _grid_sample_full_precision(input: Tensor, offset: Tensor, weight: Tensor, b
 
 
 def _grid_sample_traced(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None, geo: _Geometry) -> Tensor:
-    """``_grid_sample_deform_conv`` under torch.compile and torch.export: no loop whose length depends on a size.
+    """DCNv1 under torch.compile and torch.export: ``F.grid_sample`` and products, with no loop whose length
+    depends on a size.
 
-    The eager paths loop over batch chunks whose count follows from the batch and frame size; traced,
+    The eager path loops over batch chunks whose count follows from the batch and frame size; traced,
     that loop would fix both to the example's values.  This path loops over the kernel taps instead, a
     constant: each tap's samples, as large as the input, enter the output before the next tap's are
-    drawn, so no buffer holds the samples of all taps at once (the im2col columns of the whole batch,
-    which the chunks exist to bound).  Each tap is computed as its dtype's
-    eager path computes it (full precision: sampled, then multiplied; half precision: multiplied in the
-    input's dtype, then sampled and summed in float32), so only the order of the sum over taps differs.
+    drawn, so no buffer holds the samples of all taps at once.  grid_sample's bilinear, zero-padded
+    sampling is DCNv1's; the positions are computed in pixels and converted by ``_grid_coordinates``.
+    Full precision samples, then multiplies; half precision multiplies in the input's dtype, then samples
+    and sums in float32, as the eager grid-sample paths do.
     """
     batch, channels, height, width = input.shape
     (out_h, out_w), taps = geo.out_size, geo.kernel[0] * geo.kernel[1]
@@ -890,8 +1014,8 @@ def deform_conv2d(
     """
     geo = _geometry(input, offset, weight, bias, mask, stride, padding, dilation)
     backend = _backend(input)
-    if backend == "auto" and _grid_sample_applies(input, mask, geo):  # reads any memory layout
-        return _grid_sample_deform_conv(input, offset, weight, bias, geo)
+    if backend == "auto" and _dcnv1_applies(input, mask, geo):  # reads any memory layout
+        return _dcnv1_deform_conv(input, offset, weight, bias, geo)
     input, offset, weight = input.contiguous(), offset.contiguous(), weight.contiguous()
     mask = None if mask is None else mask.contiguous()
     bias = None if bias is None else bias.contiguous()
