@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import tomllib
 from transformers.dynamic_module_utils import get_relative_import_files
 
@@ -94,16 +97,28 @@ def test_auto_classes_and_pipeline_are_registered_in_one_place():
     assert registering == {"__init__.py"}
 
 
-def test_importing_any_module_registers_vistr():
-    import subprocess
-    import sys
-
-    script = ("import vistr.configuration_vistr\nfrom transformers import AutoConfig\n"
+@pytest.mark.parametrize("imports", [
+    "import vistr.configuration_vistr",  # a module of ours first: it imports transformers while it is half done
+    "import vistr",  # the package alone: the wiring waits for transformers
+    "import transformers, vistr",  # transformers first: the package wires at once
+    "from vistr import VisTRForVideoInstanceSegmentation",
+])
+def test_importing_the_package_or_any_module_registers_vistr(imports):
+    script = (f"{imports}\nfrom transformers import AutoConfig\n"
               "from transformers.pipelines import PIPELINE_REGISTRY\n"
+              "from vistr.modeling_vistr import VisTRPreTrainedModel\n"
               "print(AutoConfig.for_model('vistr').__class__.__module__, 'video-instance-segmentation' in "
-              "PIPELINE_REGISTRY.get_supported_tasks())")  # fmt: skip
+              "PIPELINE_REGISTRY.get_supported_tasks(), VisTRPreTrainedModel.folder_publisher.__name__)")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT / "tests")
-    assert done.stdout.split() == ["vistr.configuration_vistr", "True"], done.stderr[-2000:]
+    assert done.stdout.split() == ["vistr.configuration_vistr", "True", "vistr.tools.model_card"], done.stderr[-2000:]
+
+
+def test_importing_the_package_imports_neither_torch_nor_transformers():
+    """What makes `vistr --help` quick: the package's classes load on first use."""
+    script = ("import sys, vistr\nprint(sorted(name for name in ('torch', 'transformers') if name in sys.modules))\n"
+              "print(vistr.VisTRConfig.model_type, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT / "tests")
+    assert done.stdout.split("\n")[:2] == ["[]", "vistr True"], done.stderr[-2000:]
 
 
 def _installed_with(requirements) -> set[str]:

@@ -23,10 +23,6 @@ from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from vistr import convert_checkpoint
-from vistr.flip_averaging import FLIP_DIMS, check_flips
-from vistr.tools import evaluation_youtube_vis, youtube_vis
-from vistr.tools import export as model_export
 from vistr.tools.outputs import (
     OVERLAY_SUFFIXES,
     Outputs,
@@ -219,6 +215,8 @@ def _test_time_flips(names: list[str] | None) -> list[str] | None:
             raise UsageError(f"--test-time-flips {' '.join(names)}: `none` (one view) goes alone; name flips or none")
         return []
     try:
+        from vistr.flip_averaging import check_flips
+
         return list(check_flips(names))
     except ValueError as error:
         raise UsageError(f"--test-time-flips {' '.join(names)}: {error}") from None
@@ -369,24 +367,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message}; see `{self.prog} --help`\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="vistr", description="VisTR video instance segmentation", formatter_class=_DefaultsHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or set VISTR_DEBUG=1)")
-    sub_parser = partial(_Parser, formatter_class=_DefaultsHelpFormatter)  # their --help shows defaults
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=sub_parser)
+def _convert_arguments(convert: argparse.ArgumentParser) -> None:
+    from vistr import convert_checkpoint
 
-    convert = commands.add_parser("convert", help="convert an original VisTR .pth checkpoint")
     convert_checkpoint.add_arguments(convert)
     convert.set_defaults(handler=convert_checkpoint.run)
 
-    inspect = commands.add_parser("inspect", help="load a converted model and print its output shapes")
+
+def _inspect_arguments(inspect: argparse.ArgumentParser) -> None:
     inspect.add_argument("model", help="converted model folder or Hub id")
     inspect.add_argument("--height", type=positive_int, default=128, help="height of the random test clip")
     inspect.add_argument("--width", type=positive_int, default=160, help="width of the random test clip")
     inspect.set_defaults(handler=_inspect)
 
-    segment = commands.add_parser("segment", help="segment videos or frame folders; write YouTube-VIS results and overlays")
+
+def _segment_arguments(segment: argparse.ArgumentParser) -> None:
+    from vistr.flip_averaging import FLIP_DIMS
+
     segment.add_argument("inputs", nargs="*", help="video files or folders of frames (video_id = position, from 1)")
     segment.add_argument("--annotations", help="a YouTube-VIS annotation file: segment every video it lists")
     segment.add_argument("--frames-root", help="with --annotations: the folder its file_names are relative to")
@@ -413,17 +410,59 @@ def build_parser() -> argparse.ArgumentParser:
                               "default: the model folder's processor setting)")  # fmt: skip
     segment.set_defaults(handler=_segment)
 
-    synthetic = commands.add_parser("make-synthetic", help="write a synthetic YouTube-VIS folder (frames + annotations)")
+
+def _synthetic_arguments(synthetic: argparse.ArgumentParser) -> None:
+    from vistr.tools import youtube_vis
+
     youtube_vis.add_arguments(synthetic)
     synthetic.set_defaults(handler=youtube_vis.run)
 
-    evaluate = commands.add_parser("evaluate", help="score YouTube-VIS results as the official evaluator does")
+
+def _evaluate_arguments(evaluate: argparse.ArgumentParser) -> None:
+    from vistr.tools import evaluation_youtube_vis
+
     evaluation_youtube_vis.add_arguments(evaluate)
     evaluate.set_defaults(handler=evaluation_youtube_vis.run)
-    model_export.add_command(commands)  # its own hidden --debug
-    for command in (convert, inspect, segment, synthetic, evaluate):  # `vistr segment ... --debug` works too
-        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def _export_arguments(export: argparse.ArgumentParser) -> None:
+    from vistr.tools import export as model_export
+
+    model_export.add_arguments(export)
+    export.set_defaults(handler=model_export.run)
+
+
+# name -> (help, what adds its arguments and handler): a command's modules (torch, transformers, datasets: seconds
+# to import) are imported only when that command runs or shows its help, so `vistr --help` and `--version` are quick
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "convert": ("convert an original VisTR .pth checkpoint", _convert_arguments),
+    "inspect": ("load a converted model and print its output shapes", _inspect_arguments),
+    "segment": ("segment videos or frame folders; write YouTube-VIS results and overlays", _segment_arguments),
+    "make-synthetic": ("write a synthetic YouTube-VIS folder (frames + annotations)", _synthetic_arguments),
+    "evaluate": ("score YouTube-VIS results as the official evaluator does", _evaluate_arguments),
+    "export": ("write the model as a torch.export program (.pt2) or ONNX (.onnx)", _export_arguments),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `vistr` parser, with the arguments of `command` only, or of every command when it is None."""
+    parser = _Parser(prog="vistr", description="VisTR video instance segmentation", formatter_class=_DefaultsHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or set VISTR_DEBUG=1)")
+    sub_parser = partial(_Parser, formatter_class=_DefaultsHelpFormatter)  # their --help shows defaults
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=sub_parser)
+    for name, (summary, add_arguments) in COMMANDS.items():
+        subcommand = commands.add_parser(name, help=summary)
+        if command in (None, name):
+            add_arguments(subcommand)
+        # `vistr segment ... --debug` works too
+        subcommand.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
+
+
+def _command_of(argv: list[str]) -> str:
+    """The command named in `argv` (its first word that names one), or "" when there is none."""
+    return next((word for word in argv if word in COMMANDS), "")
 
 
 INTERRUPTED = "no output was replaced (outputs are written only when a command completes)"
@@ -467,7 +506,8 @@ def run_reporting_errors(action: Callable[[], object], debug: bool, interrupted:
 def main(argv: list[str] | None = None) -> None:
     """Run a `vistr` command (errors as `run_reporting_errors` reports them; `--debug` or VISTR_DEBUG=1 shows
     the traceback)."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(_command_of(argv)).parse_args(argv)
     run_reporting_errors(partial(args.handler, args), debug_requested(args))
 
 

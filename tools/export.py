@@ -175,16 +175,12 @@ def largest_difference(model: nn.Module, run: Callable[[Tensor, Tensor], Sequenc
 # ----------------------------------------------------------------------------------------------------- command
 
 
-def add_command(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add `vistr export` to the `vistr` command's subparsers."""
-    parser = commands.add_parser("export", help="write the model as a torch.export program (.pt2) or ONNX (.onnx)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of `vistr export`."""
     parser.add_argument("--model", help="converted or trained model folder, or Hub id (default: the bundled model)")
     parser.add_argument("--output", required=True,
                         help="the file to write: .pt2 (torch.export) or .onnx (needs the export extra)")
     parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
-    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    parser.set_defaults(handler=run)
-    return parser
 
 
 def _check_output(outputs: Outputs, args: argparse.Namespace) -> None:

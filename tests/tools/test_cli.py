@@ -42,6 +42,24 @@ def test_version_is_the_package_version(capsys):
     assert printed(capsys, "--version") == f"vistr {version}"
 
 
+def test_help_and_version_import_neither_torch_nor_transformers():
+    """So that they answer at once (benchmarks/bench_segment.py times them): each command's modules are imported
+    only when it runs or shows its own help."""
+    script = ("import sys\nfrom vistr.tools import cli\nfor argv in (['--version'], ['--help']):\n"
+              "    try:\n        cli.main(argv)\n    except SystemExit:\n        pass\n"
+              "print('heavy:', sorted(name for name in ('torch', 'transformers', 'datasets') if name in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT / "tests",
+                          timeout=120)  # fmt: skip
+    assert done.stdout.strip().splitlines()[-1] == "heavy: []", done.stdout[-2000:] + done.stderr[-2000:]
+
+
+def test_help_lists_every_command_and_each_command_has_its_own_help(capsys):
+    text = printed(capsys, "--help")
+    for name, (summary, _) in vistr_cli.COMMANDS.items():
+        assert name in text and " ".join(summary.split()) in text, name
+        assert printed(capsys, name, "--help").startswith(f"usage: vistr {name} [-h]"), name
+
+
 def test_help_shows_the_defaults(capsys):
     text = printed(capsys, "segment", "--help")
     assert "(default: 0.5)" in text and "(default: fp32)" in text and "(default: the bundled model)" in text
