@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -509,6 +510,10 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(_command_of(argv)).parse_args(argv)
     run_reporting_errors(partial(args.handler, args), debug_requested(args))
+    # What is left is freed with the process: the interpreter's last garbage collections, over the objects of
+    # torch, transformers and the model, took 1.2 s of a 6 s `vistr segment` on the sample (0.2 s frozen).
+    # Exit handlers and the closing of modules still run; every output is written and closed by now.
+    gc.freeze()
 
 
 if __name__ == "__main__":

@@ -33,17 +33,17 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
 import numpy as np
-import pyarrow.parquet as pq
-from datasets.table import embed_table_storage
 from PIL import Image as PILImage
 from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 from vistr.tools.outputs import Outputs, dumps_json, positive_int
 from vistr.video_io import VideoReadError, check_regular_file
+
+if TYPE_CHECKING:
+    import datasets  # imported where used: `vistr segment` reads annotations without it (0.2 s with pandas)
 
 
 class YouTubeVISError(ValueError):
@@ -194,6 +194,8 @@ def youtube_vis_features(categories: Mapping[int, str]) -> datasets.Features:
     The ids themselves are recorded with the names (`recorded_categories`): a category no instance uses
     would otherwise lose its id, and with it the model's class index, outside the annotation file.
     """
+    import datasets
+
     category_ids = sorted(categories)
     label = datasets.ClassLabel(
         names=[categories[category_id] for category_id in category_ids],
@@ -229,6 +231,8 @@ def youtube_vis_features(categories: Mapping[int, str]) -> datasets.Features:
 def recorded_categories(features: datasets.Features) -> dict[int, str] | None:
     """Category id -> name as `youtube_vis_features` recorded them; None where `features` has no such record
     (a dataset in another schema, or one written before the ids were recorded)."""
+    import datasets
+
     instances = features.get("instances")
     instance = instances.feature if isinstance(instances, datasets.List) else None
     label = instance.get("label") if isinstance(instance, dict) else None
@@ -260,6 +264,8 @@ def load_youtube_vis(
     file inside that folder), so a missing one is reported with its video instead of failing mid-training;
     pixels are decoded only when read.
     """
+    import datasets
+
     root = Path(root)
     annotation_path = Path(annotation_file) if annotation_file is not None else root / "annotations.json"
     image_root = Path(image_dir) if image_dir is not None else root / "JPEGImages"
@@ -460,6 +466,9 @@ def save_parquet(dataset: datasets.Dataset, path: str | os.PathLike, *, batch_si
     the same features back. Written to a temporary file and renamed, so a failure leaves no partial file;
     an existing file is never replaced.
     """
+    import pyarrow.parquet as pq
+    from datasets.table import embed_table_storage
+
     path = Path(path)
     if path.exists():
         raise YouTubeVISError(f"{path} already exists; remove it or choose another path")
