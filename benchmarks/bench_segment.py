@@ -7,6 +7,9 @@ start-up is the time from launching the interpreter to the command's first line 
 transformers and the project imported), exit the time from `main` returning to the process ending. Videos: the
 bundled sample and the sample looped to `--frames` frames (written once into a temporary folder).
 
+It also times `vistr --version` and `vistr --help` (fresh interpreters, median of 3), which import neither torch
+nor transformers.
+
     python benchmarks/bench_segment.py [--frames 300 --threads 2]
 """
 
@@ -114,6 +117,16 @@ def profile(video: Path, folder: Path, threads: int) -> dict[str, float]:
     return {step: spent.get(step, 0.0) for step in STEPS} | {"wall": ended - started}
 
 
+def quick_command_seconds(argument: str, runs: int = 3) -> float:
+    """Median wall time of `vistr ARGUMENT` in a fresh interpreter."""
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "vistr.tools.cli", argument], capture_output=True, check=True)
+        times.append(time.perf_counter() - started)
+    return sorted(times)[len(times) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--frames", type=int, default=300, help="length of the looped sample")
@@ -130,6 +143,8 @@ def main() -> None:
     for step in [*STEPS, "wall"]:
         cells = [f"{row[step]:.2f} s ({100 * row[step] / row['wall']:.0f} %)" for row in rows.values()]
         print(f"| {step} | {' | '.join(cells)} |")
+    for argument in ("--version", "--help"):
+        print(f"\nvistr {argument}: {quick_command_seconds(argument):.2f} s")
 
 
 if __name__ == "__main__":
