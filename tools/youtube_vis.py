@@ -437,6 +437,8 @@ def split_by_video_id(
     The validation videos are a seeded draw from the sorted video ids: the same ids for the same data and
     seed whatever the row order.
     """
+    import datasets
+
     video_ids = np.asarray(dataset["video_id"])
     is_validation = np.isin(video_ids, validation_video_ids(video_ids, validation_fraction, seed))
     return datasets.DatasetDict(
