@@ -87,6 +87,42 @@ def test_no_module_hides_import_errors():
                 assert not (node.type.id == "ImportError" and imports), f"{path.name}: import fallback"
 
 
+def _type_checking_names(tree: ast.Module) -> set[str]:
+    """Names a module imports only inside its top-level `if TYPE_CHECKING:` block."""
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            for child in ast.walk(node):
+                if isinstance(child, (ast.Import, ast.ImportFrom)):
+                    names |= {(alias.asname or alias.name).split(".")[0] for alias in child.names}
+    return names
+
+
+def _functions(tree: ast.Module):
+    """The module's functions and methods (not nested ones: they share their outer function's imports)."""
+    for node in tree.body:
+        bodies = node.body if isinstance(node, ast.ClassDef) else [node]
+        yield from (child for child in bodies if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)))
+
+
+def test_names_imported_for_type_checking_only_are_imported_where_used():
+    """A heavy package imported only for annotations (`datasets` in tools/youtube_vis.py, so that `vistr segment`
+    starts without it) must be imported by every function that uses it at run time."""
+    for path in [*ROOT.glob("*.py"), *(ROOT / "tools").glob("*.py")]:
+        tree = ast.parse(path.read_text())
+        for name in _type_checking_names(tree):
+            for function in _functions(tree):
+                nodes = [child for statement in function.body for child in ast.walk(statement)]
+                annotations = {id(child) for node in nodes if isinstance(node, ast.AnnAssign)
+                               for child in ast.walk(node.annotation)}  # fmt: skip
+                used = any(isinstance(node, ast.Name) and node.id == name and id(node) not in annotations
+                           for node in nodes)  # fmt: skip
+                imported = any(isinstance(node, (ast.Import, ast.ImportFrom))
+                               and name in {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+                               for node in nodes)  # fmt: skip
+                assert imported or not used, f"{path.name}: {function.name} uses {name} without importing it"
+
+
 def test_auto_classes_and_pipeline_are_registered_in_one_place():
     registering = set()
     for path in [*ROOT.glob("*.py"), *(ROOT / "tools").glob("*.py")]:
