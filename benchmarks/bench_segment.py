@@ -81,7 +81,8 @@ def load_timing_forward(*args, **kwargs):
     return model, processor
 cli.load_for_inference = load_timing_forward
 begin = time.perf_counter()
-cli.main(sys.argv[2:])
+sys.argv = ["vistr", *sys.argv[2:]]
+cli.main()  # as the `vistr` program runs it
 spent["main"] = time.perf_counter() - begin
 spent.pop("_forward_began", None)
 spent["start-up"] = imported - started

@@ -506,14 +506,16 @@ def run_reporting_errors(action: Callable[[], object], debug: bool, interrupted:
 
 def main(argv: list[str] | None = None) -> None:
     """Run a `vistr` command (errors as `run_reporting_errors` reports them; `--debug` or VISTR_DEBUG=1 shows
-    the traceback)."""
+    the traceback). With no `argv` it is the program: the command line's arguments, and a quick exit after."""
+    as_program = argv is None  # the `vistr` program, not a caller that goes on running
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(_command_of(argv)).parse_args(argv)
     run_reporting_errors(partial(args.handler, args), debug_requested(args))
-    # What is left is freed with the process: the interpreter's last garbage collections, over the objects of
-    # torch, transformers and the model, took 1.2 s of a 6 s `vistr segment` on the sample (0.2 s frozen).
-    # Exit handlers and the closing of modules still run; every output is written and closed by now.
-    gc.freeze()
+    if as_program:
+        # What is left is freed with the process: the interpreter's last garbage collections, over the objects
+        # of torch, transformers and the model, took 1.2 s of a 6 s `vistr segment` on the sample (0.2 s
+        # frozen). Exit handlers and the closing of modules still run; every output is written and closed.
+        gc.freeze()
 
 
 if __name__ == "__main__":
