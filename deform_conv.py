@@ -296,76 +296,111 @@ def _gathered_deform_conv(input: Tensor, offset: Tensor, weight: Tensor, bias: T
     of its frames) stays in cache between its product and its gathers.  The error in half precision is
     that of one rounding of the products to the input's dtype.
     """
-    batch = input.shape[0]
+    batch, (out_h, out_w), out_channels = input.shape[0], geo.out_size, weight.shape[0]
     chunk = max(1, _TABLE_BUDGET_BYTES // max(1, _table_bytes(input.shape[2:], weight)))
-    outputs = [_gathered_chunk(input[start:start + chunk], offset[start:start + chunk], weight, geo)
-               for start in range(0, max(batch, 1), chunk)]  # an empty batch: one empty chunk
-    output = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+    dtype = _position_dtype(input.dtype)
+    # written in place, chunk by chunk: one buffer, no concatenation; channels-last once permuted
+    sampled = input.new_empty((batch, out_h, out_w, out_channels), dtype=dtype)
+    widened = None  # half precision: the float32 table, one buffer for every chunk (fresh memory for each cost 4x)
+    if input.dtype != dtype:
+        widened = input.new_empty((min(chunk, batch) * _table_rows(input.shape[2:], weight), out_channels), dtype=dtype)
+    layout = _BagLayout.of(input, weight, geo, chunk)
+    for start in range(0, batch, chunk):
+        stop = min(start + chunk, batch)
+        _gathered_chunk(input[start:stop], offset[start:stop], weight, layout, sampled[start:stop], widened)
+    output = sampled.permute(0, 3, 1, 2)
     if bias is not None:
-        output = output + bias.to(output.dtype).view(1, -1, 1, 1)
+        output = output + bias.to(dtype).view(1, -1, 1, 1)
     return output.to(input.dtype)
 
 
-def _gathered_chunk(input: Tensor, offset: Tensor, weight: Tensor, geo: _Geometry) -> Tensor:
-    """One chunk of ``_gathered_deform_conv``, [n, C_out, Ho, Wo] channels-last in float32 or better.
+def _gathered_chunk(input: Tensor, offset: Tensor, weight: Tensor, layout: _BagLayout, out: Tensor,
+                    widened: Tensor | None) -> None:
+    """One chunk of ``_gathered_deform_conv``, written into ``out`` [n, Ho, Wo, C_out] (float32 or better).
 
     A function of its own so that its table is freed before the next chunk's is made: the allocator then
     hands the next chunk the same, cache-warm memory (with the table kept alive across the loop's
     iterations, the forward took 1.5x as long at the mask head's shape).
     """
-    corners = _corner_bags(offset, input.shape[2:], geo)
-    table = _product_table(input, weight)  # after the bags: still in cache for the gathers
-    sampled = None
-    for rows, row_weights in corners:
-        term = F.embedding_bag(rows, table, per_sample_weights=row_weights, mode="sum")
-        sampled = term if sampled is None else sampled.add_(term)
-    return sampled.view(input.shape[0], *geo.out_size, weight.shape[0]).permute(0, 3, 1, 2)
+    corners = _corner_bags(offset, layout)
+    table = _product_table(input, weight, widened)  # after the bags: still in cache for the gathers
+    out = out.view(-1, weight.shape[0])
+    (first_rows, first_weights), *others = corners
+    out.copy_(F.embedding_bag(first_rows, table, per_sample_weights=first_weights, mode="sum"))
+    for rows, row_weights in others:
+        out.add_(F.embedding_bag(rows, table, per_sample_weights=row_weights, mode="sum"))
+
+
+def _table_rows(in_size, weight: Tensor) -> int:
+    """Rows of one sample's product table: a row per padded pixel and tap."""
+    height, width = (length + 2 * _TABLE_BORDER for length in in_size)
+    return height * width * weight.shape[2] * weight.shape[3]
 
 
 def _table_bytes(in_size, weight: Tensor) -> int:
     """Bytes of one sample's product table (float32 or better)."""
-    height, width = (length + 2 * _TABLE_BORDER for length in in_size)
-    return height * width * weight.shape[0] * weight.shape[2] * weight.shape[3] * max(weight.element_size(), 4)
+    return _table_rows(in_size, weight) * weight.shape[0] * max(weight.element_size(), 4)
 
 
-def _product_table(input: Tensor, weight: Tensor) -> Tensor:
+def _product_table(input: Tensor, weight: Tensor, widened: Tensor | None = None) -> Tensor:
     """Rows [n * (H + 4) * (W + 4) * taps, C_out]: each padded pixel's product with each tap's weights, in
-    float32 or better."""
+    float32 or better (half precision: copied into the first rows of ``widened``)."""
     out_channels, channels, kh, kw = weight.shape
     padded = F.pad(input, (_TABLE_BORDER,) * 4).contiguous(memory_format=torch.channels_last)
     tap_weights = weight.permute(2, 3, 0, 1).reshape(kh * kw * out_channels, channels, 1, 1)  # tap-major
     products = F.conv2d(padded, tap_weights)  # channels-last: a pixel's taps x C_out values are contiguous
     products = products.permute(0, 2, 3, 1).reshape(-1, out_channels)
-    return products.to(_position_dtype(input.dtype))
+    return products if widened is None else widened[:products.shape[0]].copy_(products)
 
 
-def _corner_bags(offset: Tensor, in_size, geo: _Geometry) -> list[tuple[Tensor, Tensor]]:
+@dataclass(frozen=True)
+class _BagLayout:
+    """What every chunk's ``_corner_bags`` shares, computed once a call: the undeformed positions, the bounds,
+    and where a sample's rows start in the product table."""
+
+    base: Tensor  # [Ho, Wo, taps, 2]: each tap's undeformed (y, x) position in pixels
+    limit: Tensor  # [2]: (H, W), the positions' upper bound
+    row_start: Tensor  # [chunk, 1, 1, taps]: the table row of pixel (-2, -2) for each sample and tap
+    down: int  # rows from a pixel to the one below it (the right one is `taps` rows on)
+    taps: int
+
+    @classmethod
+    def of(cls, input: Tensor, weight: Tensor, geo: _Geometry, chunk: int) -> _BagLayout:
+        device, dtype, taps = input.device, _position_dtype(input.dtype), geo.kernel[0] * geo.kernel[1]
+        rows, cols = _tap_grid(geo, device, dtype)  # [taps, Ho, 1], [taps, 1, Wo]
+        base = torch.stack(torch.broadcast_tensors(rows, cols), dim=-1).permute(1, 2, 0, 3).contiguous()
+        table_w, sample_rows = input.shape[3] + 2 * _TABLE_BORDER, _table_rows(input.shape[2:], weight)
+        corner = _TABLE_BORDER * (table_w + 1) * taps  # the row of pixel (0, 0), tap 0, in a sample's table
+        row_start = torch.arange(chunk, device=device).view(chunk, 1, 1, 1) * sample_rows + corner
+        return cls(base, torch.tensor(input.shape[2:], device=device, dtype=dtype),
+                   row_start + torch.arange(taps, device=device), table_w * taps, taps)
+
+
+def _corner_bags(offset: Tensor, layout: _BagLayout) -> list[tuple[Tensor, Tensor]]:
     """For each bilinear corner: the product-table rows [n * Ho * Wo, taps] that each output position gathers
     for its taps, and their weights.
 
     Positions are computed in pixels, as torchvision does, and their floor is torchvision's.  torchvision
     gives a sample at -1 or left of it, or at the size or right of it, the value 0; so do the table's zero
     border and these moves: positions left of -1 (and NaN) go to -2, whose corners -2 and -1 are both zero
-    pixels, and positions right of the size go to the size, whose corners are too.
+    pixels, and positions right of the size go to the size, whose corners are too.  Both axes are computed
+    together, in as few whole-tensor steps as the arithmetic allows: at the mask head's shape a chunk is
+    small, and each step costs its dispatch.
     """
-    n, (height, width), (out_h, out_w) = offset.shape[0], in_size, geo.out_size
-    taps = geo.kernel[0] * geo.kernel[1]
-    table_h, table_w = height + 2 * _TABLE_BORDER, width + 2 * _TABLE_BORDER
-    dtype = _position_dtype(offset.dtype)
-    rows, cols = (grid.permute(1, 2, 0) for grid in _tap_grid(geo, offset.device, dtype))  # [Ho, 1, taps], [1, Wo, taps]
+    n, (out_h, out_w, taps, _) = offset.shape[0], layout.base.shape
     # (dy, dx) per tap, position-major: a copy unless the offsets are channels-last already
-    deform = offset.permute(0, 2, 3, 1).to(dtype).contiguous().view(n, out_h, out_w, taps, 2)
-    corners = []
-    for position, size in ((deform[..., 0] + rows, height), (deform[..., 1] + cols, width)):
-        position = torch.where(position >= -1, position, -2.0).clamp(max=size)
-        low = position.detach().floor()
-        fraction = position - low
-        corners.append((low.long() + _TABLE_BORDER, (1 - fraction, fraction)))
-    (y, (wy0, wy1)), (x, (wx0, wx1)) = corners
-    samples = torch.arange(n, device=offset.device).view(n, 1, 1, 1) * table_h
-    first = ((samples + y) * table_w + x) * taps + torch.arange(taps, device=offset.device)
-    down, right = table_w * taps, taps
-    shape = (n * out_h * out_w, taps)
+    deform = offset.permute(0, 2, 3, 1).to(layout.base.dtype).contiguous().view(n, out_h, out_w, taps, 2)
+    position = deform + layout.base
+    position = torch.minimum(torch.where(position >= -1, position, -2.0), layout.limit)
+    low = position.floor()
+    high_weight = position - low
+    low_weight = 1 - high_weight
+    low = low.long()
+    first = low[..., 0] * layout.down
+    first += low[..., 1] * taps
+    first += layout.row_start[:n]
+    (wy0, wx0), (wy1, wx1) = low_weight.unbind(-1), high_weight.unbind(-1)
+    down, right, shape = layout.down, taps, (n * out_h * out_w, taps)
     return [(first.view(shape), (wy0 * wx0).view(shape)), ((first + right).view(shape), (wy0 * wx1).view(shape)),
             ((first + down).view(shape), (wy1 * wx0).view(shape)),
             ((first + (down + right)).view(shape), (wy1 * wx1).view(shape))]
