@@ -178,6 +178,27 @@ def _is_plain(module: nn.Module | None, cls: type) -> bool:
     return type(module) is cls and not (module._forward_hooks or module._forward_pre_hooks)
 
 
+class VisTRLinear(nn.Linear):
+    """`nn.Linear` whose float32 products on CPU run as a 1x1 convolution, through oneDNN.
+
+    The same product either way (rows as the pixels of a channels-last image, no copy), but the library
+    differs: `F.linear` calls the BLAS of `torch.mm`, which on an AMD EPYC (MKL) reached 200-220 GFLOP/s
+    at the transformer's shapes, against 450-470 for oneDNN's convolution (benchmarks/bench_roofline.py).
+    Other dtypes (bf16 already goes to oneDNN; float64, which oneDNN does not do), other devices, and
+    traced graphs (torch.export, ONNX) keep `F.linear`.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if (torch.compiler.is_compiling() or input.dtype != torch.float32 or input.device.type != "cpu"
+                or input.numel() == 0 or not torch.backends.mkldnn.is_available()):
+            return F.linear(input, self.weight, self.bias)
+        rows = input.reshape(-1, self.in_features).contiguous()
+        count = rows.shape[0]
+        pixels = rows.as_strided((1, self.in_features, 1, count), (rows.numel(), 1, rows.numel(), self.in_features))
+        out = F.conv2d(pixels, self.weight[:, :, None, None], self.bias)  # [1, out, 1, rows], channels-last
+        return out.permute(0, 2, 3, 1).reshape(*input.shape[:-1], self.out_features)
+
+
 # The original's initialisation of freshly created weights, by leaf module: transformers initialises module by
 # module from the leaves up and skips weights already set, so a rule on a parent (say "xavier for every matrix
 # of a transformer layer") would never reach its leaves. Each rule is attached to the leaves it covers.
@@ -317,10 +338,10 @@ class VisTRAttention(nn.Module):
         self.scaling = self.head_dim**-0.5
         self.attention_dropout = config.dropout
         self.is_causal = False  # read by the SDPA interface: every query sees every (unpadded) key
-        self.q_proj = nn.Linear(config.d_model, config.d_model)
-        self.k_proj = nn.Linear(config.d_model, config.d_model)
-        self.v_proj = nn.Linear(config.d_model, config.d_model)
-        self.out_proj = nn.Linear(config.d_model, config.d_model)
+        self.q_proj = VisTRLinear(config.d_model, config.d_model)
+        self.k_proj = VisTRLinear(config.d_model, config.d_model)
+        self.v_proj = VisTRLinear(config.d_model, config.d_model)
+        self.out_proj = VisTRLinear(config.d_model, config.d_model)
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(*x.shape[:-1], -1, self.head_dim).transpose(1, 2)
@@ -347,8 +368,8 @@ class VisTRAttention(nn.Module):
 class VisTRFeedForward(nn.Module):
     def __init__(self, config: VisTRConfig):
         super().__init__()
-        self.fc1 = nn.Linear(config.d_model, config.ffn_dim)
-        self.fc2 = nn.Linear(config.ffn_dim, config.d_model)
+        self.fc1 = VisTRLinear(config.d_model, config.ffn_dim)
+        self.fc2 = VisTRLinear(config.ffn_dim, config.d_model)
         self.dropout = nn.Dropout(config.dropout)
         self.activation = ACT2FN[config.activation_function]
 
@@ -674,7 +695,7 @@ class VisTRMLPPredictionHead(nn.Module):
     def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
         super().__init__()
         dims = [input_dim] + [hidden_dim] * (num_layers - 1)
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims, dims[1:] + [output_dim]))
+        self.layers = nn.ModuleList(VisTRLinear(a, b) for a, b in zip(dims, dims[1:] + [output_dim]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, layer in enumerate(self.layers):
@@ -693,8 +714,8 @@ class VisTRMHAttentionMap(nn.Module):
     def __init__(self, d_model: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
-        self.q_linear = nn.Linear(d_model, d_model)
-        self.k_linear = nn.Linear(d_model, d_model)
+        self.q_linear = VisTRLinear(d_model, d_model)
+        self.k_linear = VisTRLinear(d_model, d_model)
         self.normalize_fact = float(d_model / num_heads) ** -0.5
         use_original_init(self, "xavier, zero bias", (nn.Linear,))
 
@@ -829,7 +850,7 @@ class VisTRForVideoInstanceSegmentation(VisTRPreTrainedModel):
     def __init__(self, config: VisTRConfig):
         super().__init__(config)
         self.vistr = VisTRModel(config)
-        self.class_labels_classifier = nn.Linear(config.d_model, config.num_labels + 1)
+        self.class_labels_classifier = VisTRLinear(config.d_model, config.num_labels + 1)
         self.bbox_predictor = VisTRMLPPredictionHead(config.d_model, config.d_model, 4, num_layers=3)
         self.bbox_attention = VisTRMHAttentionMap(config.d_model, config.num_attention_heads)
         self.mask_head = VisTRMaskHeadSmallConv(config, self.vistr.backbone.channels)

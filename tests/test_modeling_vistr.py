@@ -906,3 +906,29 @@ def test_converted_heads_bf16_add_little_to_the_rounding_of_their_inputs(tiny_mo
     assert computed.dtype == torch.bfloat16
     assert torch.equal(labels_a, labels_b)
     assert mask_iou(masks_a, masks_b).min() >= mask_iou(masks_a, masks_floor).min() - 0.03
+
+
+# ----------------------------------------------------------------------------------- VisTRLinear
+
+
+@pytest.mark.parametrize("shape", [(2, 37, 24), (5, 24), (3, 1, 24), (0, 24)], ids=str)
+def test_linear_layers_run_float32_through_a_convolution_and_equal_the_product(monkeypatch, shape):
+    """float32 on CPU: the 1x1 convolution (oneDNN), equal to the product in float64 within float32 rounding,
+    with its gradients; float64: `F.linear` itself, bit for bit."""
+    generator = torch.Generator().manual_seed(0)
+    layer = mv.VisTRLinear(24, 40)
+    x = torch.randn(shape, generator=generator).transpose(0, -1).contiguous().transpose(0, -1)  # not contiguous
+    convolutions = []
+    conv2d = F.conv2d
+    monkeypatch.setattr(mv.F, "conv2d", lambda *args, **kwargs: convolutions.append(1) or conv2d(*args, **kwargs))
+    out = layer(x.requires_grad_())
+    expected = x.double() @ layer.weight.double().t() + layer.bias.double()
+    assert out.shape == (*shape[:-1], 40) and out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), expected, rtol=1e-6, atol=1e-5)
+    assert len(convolutions) == (1 if x.numel() else 0)
+    if x.numel():
+        out.sum().backward()
+        torch.testing.assert_close(x.grad.double(), layer.weight.double().sum(0).expand(shape), rtol=1e-6, atol=1e-5)
+    wide = copy.deepcopy(layer).double()
+    assert torch.equal(wide(x.detach().double()), F.linear(x.detach().double(), wide.weight, wide.bias))
+    assert len(convolutions) == (1 if x.numel() else 0)  # float64 took F.linear
