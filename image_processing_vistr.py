@@ -264,6 +264,25 @@ class VisTRVideoProcessorKwargs(VideosKwargs, total=False):
     mask_score_weighting: bool
 
 
+# Decoded frames read ahead of their preprocessing, in bytes: decoding a run of frames between the torch operations
+# of preprocessing and forward, instead of one frame between each, keeps it clear of the threads those operations
+# leave spinning (on a 2-core AMD EPYC, 300 frames decoded in 1.2 s one by one inside `vistr segment`, 0.11 s alone).
+READ_AHEAD_BYTES = 64 << 20
+
+
+def _read_ahead(frames: Iterator[Image.Image]) -> Iterator[Image.Image]:
+    """`frames`, decoded in runs of up to READ_AHEAD_BYTES (at least one frame) before any is handed on."""
+    pending: list[Image.Image] = []
+    held = 0
+    for frame in frames:
+        pending.append(frame)
+        held += frame.width * frame.height * len(frame.getbands())
+        if held >= READ_AHEAD_BYTES:
+            yield from pending
+            pending, held = [], 0
+    yield from pending
+
+
 class VideoClips:
     """One video as the model's clips of preprocessed frames, read one frame at a time when iterated.
 
@@ -284,7 +303,7 @@ class VideoClips:
             yield [index for index, _ in clip], torch.stack([frame for _, frame in clip])
 
     def _frames(self) -> Iterator[torch.Tensor]:
-        for index, image in enumerate(iter_frames(self.video, self.options.channels_first)):
+        for index, image in enumerate(_read_ahead(iter_frames(self.video, self.options.channels_first))):
             size = (image.height, image.width)
             if self.original_size is None:
                 self.original_size = size

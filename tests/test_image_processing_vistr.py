@@ -385,3 +385,26 @@ def test_the_processor_setting_is_the_default_and_is_saved_only_when_set(tmp_pat
     assert json.loads((tmp_path / "weighting" / "video_preprocessor_config.json").read_text())["mask_score_weighting"] is True
     assert "mask_score_weighting" not in json.loads((tmp_path / "plain" / "video_preprocessor_config.json").read_text())
     assert VisTRVideoProcessor.from_pretrained(tmp_path / "weighting").weights_scores_by_mask()
+
+
+def test_frames_are_decoded_in_runs_of_the_read_ahead_budget(monkeypatch):
+    """Decoding runs ahead of preprocessing by READ_AHEAD_BYTES (at least a frame), every frame in order once."""
+    from vistr import image_processing_vistr as ipv
+
+    frames = [Image.new("RGB", (8, 4), (index, 0, 0)) for index in range(7)]  # 96 bytes each
+    monkeypatch.setattr(ipv, "READ_AHEAD_BYTES", 3 * 96)
+    decoded = []
+
+    def decode():
+        for frame in frames:
+            decoded.append(frame)
+            yield frame
+
+    handed = []
+    for frame in ipv._read_ahead(decode()):
+        handed.append((frame, len(decoded)))
+    assert [frame for frame, _ in handed] == frames
+    assert [count for _, count in handed] == [3, 3, 3, 6, 6, 6, 7]  # runs of three, then the rest
+    decoded.clear()
+    monkeypatch.setattr(ipv, "READ_AHEAD_BYTES", 1)  # smaller than a frame: one at a time
+    assert [len(decoded) for _ in ipv._read_ahead(decode())] == [1, 2, 3, 4, 5, 6, 7]
