@@ -360,9 +360,8 @@ class _BagLayout:
 
     base: Tensor  # [Ho, Wo, taps, 2]: each tap's undeformed (y, x) position in pixels
     limit: Tensor  # [2]: (H, W), the positions' upper bound
-    row_start: Tensor  # [chunk, 1, 1, taps]: the table row of pixel (-2, -2) for each sample and tap
+    row_start: Tensor  # [chunk, 1, 1, taps]: the table row of pixel (0, 0) for each sample and tap
     down: int  # rows from a pixel to the one below it (the right one is `taps` rows on)
-    taps: int
 
     @classmethod
     def of(cls, input: Tensor, weight: Tensor, geo: _Geometry, chunk: int) -> _BagLayout:
@@ -373,7 +372,7 @@ class _BagLayout:
         corner = _TABLE_BORDER * (table_w + 1) * taps  # the row of pixel (0, 0), tap 0, in a sample's table
         row_start = torch.arange(chunk, device=device).view(chunk, 1, 1, 1) * sample_rows + corner
         return cls(base, torch.tensor(input.shape[2:], device=device, dtype=dtype),
-                   row_start + torch.arange(taps, device=device), table_w * taps, taps)
+                   row_start + torch.arange(taps, device=device), table_w * taps)
 
 
 def _corner_bags(offset: Tensor, layout: _BagLayout) -> list[tuple[Tensor, Tensor]]:
@@ -570,7 +569,7 @@ def _grid_sample_traced(input: Tensor, offset: Tensor, weight: Tensor, bias: Ten
     batch, channels, height, width = input.shape
     (out_h, out_w), taps = geo.out_size, geo.kernel[0] * geo.kernel[1]
     half = input.dtype in (torch.float16, torch.bfloat16)
-    position_dtype = torch.float32 if half else input.dtype
+    position_dtype = _position_dtype(input.dtype)
     rows, cols = _tap_grid(geo, input.device, position_dtype)
     rows_grid, cols_grid = (_integer_grid(size, input.device, position_dtype) for size in (height, width))
     offset = offset.to(position_dtype, memory_format=torch.contiguous_format)
